@@ -1,0 +1,54 @@
+"""jobsd_async: an asyncio-native, database-backed, distributed job framework.
+
+A database table is the queue, every job run is a row, and every instance sharing the
+database competes for the rows.  Start with ``async with JobsD(engine) as jd:``.
+"""
+
+from ._config import Duration
+from ._creator import RunCreator
+from ._errors import (
+    InvalidJobFuncError,
+    JobArgsMismatchError,
+    JobArgsSerializationError,
+    JobsDError,
+    JobsDStateError,
+    RunKilledError,
+    RunNotFoundError,
+    RunTimeoutError,
+    ScheduleError,
+    StoreError,
+    UnknownJobError,
+    UnknownScheduleError,
+)
+from ._jobs import Args, Job
+from ._jobsd import JobsD
+from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
+from ._schedules import ScheduleFunc
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Args",
+    "Duration",
+    "InstanceInfo",
+    "InvalidJobFuncError",
+    "Job",
+    "JobArgsMismatchError",
+    "JobArgsSerializationError",
+    "JobsD",
+    "JobsDError",
+    "JobsDStateError",
+    "RunCreator",
+    "RunInfo",
+    "RunKilledError",
+    "RunNotFoundError",
+    "RunState",
+    "RunStatus",
+    "RunTimeoutError",
+    "ScheduleError",
+    "ScheduleFunc",
+    "StoreError",
+    "UnknownJobError",
+    "UnknownScheduleError",
+    "__version__",
+)

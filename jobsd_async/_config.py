@@ -1,0 +1,229 @@
+"""Configuration of a JobsD instance: defaults, durations and validation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeAlias
+
+Duration: TypeAlias = float | int | timedelta
+"""Seconds as a number, or a :class:`datetime.timedelta`."""
+
+DEFAULT_WORKERS = 10
+DEFAULT_POLL_INTERVAL = 5.0  # seconds
+DEFAULT_POLL_LIMIT = 1000  # rows per poll
+DEFAULT_TIMEOUT_CHECK = 30.0  # seconds
+DEFAULT_RUN_TIMEOUT = 1800.0  # seconds
+DEFAULT_RETRIES_ERROR_LIMIT = 3
+DEFAULT_RETRIES_TIMEOUT_LIMIT = 3
+DEFAULT_TABLE_PREFIX = "jobsd_"
+DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds
+DEFAULT_CANCEL_GRACE = 5.0  # seconds
+MAX_NAME_LENGTH = 255
+# Index names are "ix_{prefix}runs_pending" and the like; PostgreSQL truncates identifiers at 63.
+MAX_TABLE_PREFIX_LENGTH = 40
+
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Unset:
+    """Marker for "not given, inherit from the level above"."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET = _Unset()
+
+
+def to_seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    """Convert a :data:`Duration` to float seconds, rejecting negatives and wrong types."""
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be a number of seconds or a timedelta, got None")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(
+            f"{name} must be a number of seconds or a timedelta, got {value!r} ({type(value).__name__})"
+        )
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{name} must be a finite duration, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"{name} must not be negative, got {value!r}")
+    return seconds
+
+
+def to_run_timeout(name: str, value: object) -> float | None:
+    """A run timeout: a duration, where None or 0 means "no timeout"."""
+    seconds = to_seconds(name, value, allow_none=True)
+    return seconds if seconds else None
+
+
+def to_retry_limit(name: str, value: object) -> int | None:
+    """A retry limit: a non-negative int, where None or -1 means unlimited."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or None, got {value!r} ({type(value).__name__})")
+    if value == -1:
+        return None
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, or None/-1 for unlimited, got {value!r}")
+    return value
+
+
+def to_count(name: str, value: object, *, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_name(kind: str, name: object) -> str:
+    """Validate a job, schedule or unique-run name."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a str, got {name!r} ({type(name).__name__})")
+    if not name:
+        raise ValueError(f"{kind} name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"{kind} name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+    if "," in name:
+        raise ValueError(f"{kind} name must not contain a comma, got {name!r}")
+    return name
+
+
+def check_table_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"table_prefix must be a str, got {prefix!r} ({type(prefix).__name__})")
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(f"table_prefix must match [A-Za-z_][A-Za-z0-9_]*, got {prefix!r}")
+    if len(prefix) > MAX_TABLE_PREFIX_LENGTH:
+        raise ValueError(
+            f"table_prefix must be at most {MAX_TABLE_PREFIX_LENGTH} characters, got {prefix!r}"
+        )
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Per-run settings that travel in the row; each level may leave a value UNSET."""
+
+    run_timeout: float | None | _Unset = UNSET
+    retries_error_limit: int | None | _Unset = UNSET
+    retries_timeout_limit: int | None | _Unset = UNSET
+
+    @classmethod
+    def parse(
+        cls, run_timeout: object, retries_error_limit: object, retries_timeout_limit: object
+    ) -> RunOptions:
+        return cls(
+            run_timeout=UNSET
+            if run_timeout is UNSET
+            else to_run_timeout("run_timeout", run_timeout),
+            retries_error_limit=UNSET
+            if retries_error_limit is UNSET
+            else to_retry_limit("retries_error_limit", retries_error_limit),
+            retries_timeout_limit=UNSET
+            if retries_timeout_limit is UNSET
+            else to_retry_limit("retries_timeout_limit", retries_timeout_limit),
+        )
+
+    def over(self, base: RunOptions) -> RunOptions:
+        """These options, with anything UNSET taken from ``base``."""
+        return RunOptions(
+            run_timeout=base.run_timeout if self.run_timeout is UNSET else self.run_timeout,
+            retries_error_limit=base.retries_error_limit
+            if self.retries_error_limit is UNSET
+            else self.retries_error_limit,
+            retries_timeout_limit=base.retries_timeout_limit
+            if self.retries_timeout_limit is UNSET
+            else self.retries_timeout_limit,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Validated settings of one JobsD instance; durations in float seconds."""
+
+    workers: int
+    poll_interval: float
+    poll_limit: int
+    timeout_check: float
+    run_timeout: float | None
+    retries_error_limit: int | None
+    retries_timeout_limit: int | None
+    auto_migrate: bool
+    table_prefix: str
+    heartbeat_interval: float
+    shutdown_timeout: float | None
+    cancel_grace: float
+    logger: logging.Logger
+
+    @property
+    def run_defaults(self) -> RunOptions:
+        return RunOptions(self.run_timeout, self.retries_error_limit, self.retries_timeout_limit)
+
+
+def build_config(
+    *,
+    workers: object,
+    poll_interval: object,
+    poll_limit: object,
+    timeout_check: object,
+    run_timeout: object,
+    retries_error_limit: object,
+    retries_timeout_limit: object,
+    auto_migrate: object,
+    table_prefix: object,
+    heartbeat_interval: object,
+    shutdown_timeout: object,
+    cancel_grace: object,
+    logger: object,
+) -> Config:
+    if not isinstance(auto_migrate, bool):
+        raise TypeError(f"auto_migrate must be a bool, got {auto_migrate!r}")
+    if logger is not None and not isinstance(logger, logging.Logger):
+        raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
+    poll = to_seconds("poll_interval", poll_interval)
+    check = to_seconds("timeout_check", timeout_check)
+    beat = to_seconds("heartbeat_interval", heartbeat_interval)
+    assert poll is not None and check is not None and beat is not None
+    for name, value in (("poll_interval", poll), ("timeout_check", check), ("heartbeat_interval", beat)):
+        if value == 0:
+            raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    grace = to_seconds("cancel_grace", cancel_grace)
+    assert grace is not None
+    return Config(
+        workers=to_count("workers", workers, minimum=0),
+        poll_interval=poll,
+        poll_limit=to_count("poll_limit", poll_limit, minimum=1),
+        timeout_check=check,
+        run_timeout=to_run_timeout("run_timeout", run_timeout),
+        retries_error_limit=to_retry_limit("retries_error_limit", retries_error_limit),
+        retries_timeout_limit=to_retry_limit("retries_timeout_limit", retries_timeout_limit),
+        auto_migrate=auto_migrate,
+        table_prefix=check_table_prefix(table_prefix),
+        heartbeat_interval=beat,
+        shutdown_timeout=to_seconds("shutdown_timeout", shutdown_timeout, allow_none=True),
+        cancel_grace=grace,
+        logger=logger if logger is not None else logging.getLogger("jobsd_async"),
+    )

@@ -1,0 +1,122 @@
+"""RunCreator: the chainable builder returned by ``create_run``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._config import (
+    Duration,
+    RunOptions,
+    check_name,
+    to_count,
+    to_retry_limit,
+    to_run_timeout,
+    to_seconds,
+)
+from ._errors import JobsDStateError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from ._jobs import Job
+
+__all__ = ("RunCreator",)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Everything a submission needs, gathered by the creator."""
+
+    job: str | Job[Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: RunOptions = RunOptions()
+    unique: str | None = None
+    schedule: str | None = None
+    limit: int | None = None
+    delay: float = 0.0
+    at: datetime | None = None
+
+
+class Submitter(Protocol):
+    async def __call__(self, request: RunRequest) -> int: ...
+
+
+class RunCreator:
+    """Builds one run: ``jd.create_run(job, *args).unique("x").run_timeout(60).run()``.
+
+    Setters return the creator.  One of :meth:`run`, :meth:`run_after` or :meth:`run_at`
+    submits it, once; they return the run id (the id of the chain's first row).
+    """
+
+    __slots__ = ("_request", "_submit", "_submitted")
+
+    def __init__(self, submit: Submitter, request: RunRequest) -> None:
+        self._submit = submit
+        self._request = request
+        self._submitted = False
+
+    def unique(self, name: str) -> Self:
+        """Give the chain a cluster-wide name; while it is active, no second chain starts."""
+        self._request = replace(self._request, unique=check_name("unique run", name))
+        return self
+
+    def run_timeout(self, timeout: Duration | None) -> Self:
+        """Per-run timeout (None or 0: no timeout), overriding the job's."""
+        options = replace(self._request.options, run_timeout=to_run_timeout("run_timeout", timeout))
+        self._request = replace(self._request, options=options)
+        return self
+
+    def retries_error_limit(self, limit: int | None) -> Self:
+        """Retries after errors (None or -1: unlimited), overriding the job's."""
+        value = to_retry_limit("retries_error_limit", limit)
+        self._request = replace(self._request, options=replace(self._request.options, retries_error_limit=value))
+        return self
+
+    def retries_timeout_limit(self, limit: int | None) -> Self:
+        """Retries after timeouts (None or -1: unlimited), overriding the job's."""
+        value = to_retry_limit("retries_timeout_limit", limit)
+        self._request = replace(
+            self._request, options=replace(self._request.options, retries_timeout_limit=value)
+        )
+        return self
+
+    def schedule(self, schedule: str) -> Self:
+        """Make the run recur on a registered schedule; the first run is at its first tick."""
+        self._request = replace(self._request, schedule=check_name("schedule", schedule), limit=None)
+        return self
+
+    def limit(self, successes: int) -> Self:
+        """Stop a scheduled run after this many successful executions."""
+        if self._request.schedule is None:
+            raise ValueError("limit() only applies to a scheduled run; call schedule() first")
+        self._request = replace(self._request, limit=to_count("limit", successes, minimum=0))
+        return self
+
+    async def run(self) -> int:
+        """Submit the run: due now, or at the schedule's first tick."""
+        return await self._once(self._request)
+
+    async def run_after(self, delay: Duration) -> int:
+        """Submit the run, due after ``delay`` (then at the next schedule tick if scheduled)."""
+        seconds = to_seconds("delay", delay)
+        assert seconds is not None
+        return await self._once(replace(self._request, delay=seconds))
+
+    async def run_at(self, when: datetime) -> int:
+        """Submit the run, due at ``when`` (timezone-aware)."""
+        if not isinstance(when, datetime):
+            raise TypeError(f"when must be a datetime, got {when!r}")
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError(f"when must be timezone-aware, got naive {when!r}")
+        return await self._once(replace(self._request, at=when))
+
+    async def _once(self, request: RunRequest) -> int:
+        if self._submitted:
+            raise JobsDStateError("this RunCreator was already submitted; call create_run() again")
+        run_id = await self._submit(request)
+        self._submitted = True
+        return run_id
+

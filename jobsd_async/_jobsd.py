@@ -1,0 +1,495 @@
+"""JobsD: the facade users hold — configuration, registration, lifecycle and run submission."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from sqlalchemy import MetaData, literal
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._clock import Clock, DbClock, system_clock
+from ._config import (
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_POLL_LIMIT,
+    DEFAULT_RETRIES_ERROR_LIMIT,
+    DEFAULT_RETRIES_TIMEOUT_LIMIT,
+    DEFAULT_RUN_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TABLE_PREFIX,
+    DEFAULT_TIMEOUT_CHECK,
+    DEFAULT_WORKERS,
+    UNSET,
+    Duration,
+    RunOptions,
+    build_config,
+    check_name,
+    to_seconds,
+)
+from ._creator import RunCreator, RunRequest
+from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError, UnknownScheduleError
+from ._jobs import Job, decode_result, encode_args
+from ._runner import Runner
+from ._runs import InstanceInfo, RunState, RunStatus
+from ._schedules import ScheduleFunc, next_tick
+from ._signal import Signal
+from ._store import _create, _instances, _read
+from ._store._dialect import Dialect, wrap_errors
+from ._store._rows import RunRow, Store
+from ._store._schema import build_tables
+
+__all__ = ("JobsD",)
+
+P = ParamSpec("P")
+F = TypeVar("F", bound=Callable[..., Any])
+_WAIT_POLL_MAX = 0.25  # seconds between checks of a chain finishing on another instance
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    STARTED = "started"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class JobsD:
+    """One member of a jobsd cluster: registers jobs and schedules, creates and runs runs.
+
+    Use it as ``async with JobsD(engine) as jd:`` (or ``await jd.up()`` / ``await jd.down()``).
+    Every instance sharing the database competes for the runs stored there.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        poll_interval: Duration = DEFAULT_POLL_INTERVAL,
+        poll_limit: int = DEFAULT_POLL_LIMIT,
+        timeout_check: Duration = DEFAULT_TIMEOUT_CHECK,
+        run_timeout: Duration | None = DEFAULT_RUN_TIMEOUT,
+        retries_error_limit: int | None = DEFAULT_RETRIES_ERROR_LIMIT,
+        retries_timeout_limit: int | None = DEFAULT_RETRIES_TIMEOUT_LIMIT,
+        auto_migrate: bool = True,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        heartbeat_interval: Duration = DEFAULT_HEARTBEAT_INTERVAL,
+        shutdown_timeout: Duration | None = DEFAULT_SHUTDOWN_TIMEOUT,
+        cancel_grace: Duration = DEFAULT_CANCEL_GRACE,
+        logger: logging.Logger | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(f"engine must be a SQLAlchemy AsyncEngine, got {engine!r}")
+        self._config = build_config(
+            workers=workers,
+            poll_interval=poll_interval,
+            poll_limit=poll_limit,
+            timeout_check=timeout_check,
+            run_timeout=run_timeout,
+            retries_error_limit=retries_error_limit,
+            retries_timeout_limit=retries_timeout_limit,
+            auto_migrate=auto_migrate,
+            table_prefix=table_prefix,
+            heartbeat_interval=heartbeat_interval,
+            shutdown_timeout=shutdown_timeout,
+            cancel_grace=cancel_grace,
+            logger=logger,
+        )
+        self._engine = engine
+        self._tables = build_tables(self._config.table_prefix)
+        self._clock = DbClock(clock or system_clock)
+        self._jobs: dict[str, Job[Any]] = {}
+        self._schedules: dict[str, ScheduleFunc] = {}
+        self._state = _State.NEW
+        self._store: Store | None = None
+        self._runner: Runner | None = None
+        self._instance_id: int | None = None
+        self._created_at: datetime | None = None
+        self._shutdown_at: datetime | None = None
+        self._counters = _instances.Counters()
+        self._exit_stack: AsyncExitStack | None = None
+        self._chain_changed = Signal()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine given at construction (never disposed by JobsD)."""
+        return self._engine
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The logger this instance writes to (``jobsd_async`` unless one was given)."""
+        return self._config.logger
+
+    @property
+    def metadata(self) -> MetaData:
+        """SQLAlchemy ``MetaData`` holding ``{prefix}runs`` and ``{prefix}instances``."""
+        return self._tables.metadata
+
+    @property
+    def instance_id(self) -> int:
+        """This instance's id in ``{prefix}instances``; known once ``up()`` has run."""
+        if self._instance_id is None:
+            raise JobsDStateError(
+                "JobsD has no instance id before up(); use `async with JobsD(engine) as jd:` "
+                "or `await jd.up()` first"
+            )
+        return self._instance_id
+
+    @property
+    def instance(self) -> InstanceInfo:
+        """A snapshot of this instance's row and counters."""
+        instance_id = self.instance_id
+        assert self._created_at is not None
+        config = self._config
+        c = self._counters
+        return InstanceInfo(
+            id=instance_id,
+            workers=config.workers,
+            supported_jobs=tuple(self._jobs),
+            supported_schedules=tuple(self._schedules),
+            poll_interval=config.poll_interval,
+            poll_limit=config.poll_limit,
+            timeout_check=config.timeout_check,
+            heartbeat_interval=config.heartbeat_interval,
+            run_timeout=config.run_timeout,
+            retries_on_error_limit=config.retries_error_limit,
+            retries_on_timeout_limit=config.retries_timeout_limit,
+            runs_started=c.runs_started,
+            runs_rescheduled=c.runs_rescheduled,
+            runs_timed_out=c.runs_timed_out,
+            runs_timed_out_res=c.runs_timed_out_res,
+            runs_errors=c.runs_errors,
+            last_seen_at=self._runner.last_seen_at if self._runner else None,
+            shutdown_at=self._shutdown_at,
+            created_at=self._created_at,
+        )
+
+    # ------------------------------------------------------------------ registration
+
+    def register_job(
+        self,
+        name: str,
+        func: Callable[P, Any],
+        *,
+        run_timeout: Duration | None = UNSET,  # type: ignore[assignment]
+        retries_error_limit: int | None = UNSET,  # type: ignore[assignment]
+        retries_timeout_limit: int | None = UNSET,  # type: ignore[assignment]
+    ) -> Job[P]:
+        """Register ``func`` as job ``name``; options override the instance defaults."""
+        self._require_registering("register_job")
+        check_name("job", name)
+        if name in self._jobs:
+            raise ValueError(f"job {name!r} is already registered")
+        options = RunOptions.parse(run_timeout, retries_error_limit, retries_timeout_limit)
+        job: Job[P] = Job(name, func, options.over(self._config.run_defaults), self.create_run)
+        self._jobs[name] = job
+        return job
+
+    @overload
+    def job(self, func: Callable[P, Any], /) -> Job[P]: ...
+
+    @overload
+    def job(
+        self,
+        name: str | None = None,
+        *,
+        run_timeout: Duration | None = ...,
+        retries_error_limit: int | None = ...,
+        retries_timeout_limit: int | None = ...,
+    ) -> Callable[[Callable[P, Any]], Job[P]]: ...
+
+    def job(self, name: Any = None, **options: Any) -> Any:
+        """Decorator form of :meth:`register_job`; the name defaults to ``func.__qualname__``."""
+        if callable(name):
+            return self.register_job(name.__qualname__, name)
+
+        def decorate(func: Callable[P, Any]) -> Job[P]:
+            return self.register_job(name if name is not None else func.__qualname__, func, **options)
+
+        return decorate
+
+    def register_schedule(self, name: str, func: ScheduleFunc) -> ScheduleFunc:
+        """Register a schedule: a function ``(now) -> next due time`` (timezone-aware)."""
+        self._require_registering("register_schedule")
+        check_name("schedule", name)
+        if name in self._schedules:
+            raise ValueError(f"schedule {name!r} is already registered")
+        if not callable(func):
+            raise TypeError(f"schedule {name!r} must be callable, got {func!r}")
+        self._schedules[name] = func
+        return func
+
+    @overload
+    def schedule(self, name: F, /) -> F: ...
+
+    @overload
+    def schedule(self, name: str | None = None) -> Callable[[F], F]: ...
+
+    def schedule(self, name: Any = None) -> Any:
+        """Decorator form of :meth:`register_schedule`; the name defaults to ``__qualname__``."""
+        if callable(name):
+            return self.register_schedule(name.__qualname__, name)
+
+        def decorate(func: F) -> F:
+            self.register_schedule(name if name is not None else func.__qualname__, func)
+            return func
+
+        return decorate
+
+    def _require_registering(self, what: str) -> None:
+        if self._state is not _State.NEW:
+            raise JobsDStateError(f"{what}() must be called before up(); register everything first")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def up(self) -> None:
+        """Create missing tables, write the instance row and start the background loops."""
+        if self._state is not _State.NEW:
+            raise JobsDStateError(
+                f"JobsD is {self._state.value}; up() can be called once per object — "
+                "create a new JobsD to start again"
+            )
+        self._state = _State.STARTING
+        try:
+            async with AsyncExitStack() as stack:
+                store = Store(await wrap_errors(Dialect.detect(self._engine), "connecting"), self._tables)
+                if self._config.auto_migrate:
+                    await wrap_errors(self._migrate(store), "creating tables")
+                await wrap_errors(self._sample_clock(store), "reading the database clock")
+                self._instance_id = await wrap_errors(
+                    store.dialect.retrying(
+                        lambda conn: _instances.register(
+                            store, conn, self._config, list(self._jobs), list(self._schedules)
+                        )
+                    ),
+                    "registering the instance",
+                )
+                self._created_at = self._clock.now()
+                self._store = store
+                runner = Runner(
+                    config=self._config,
+                    store=store,
+                    clock=self._clock,
+                    instance_id=self._instance_id,
+                    jobs=self._jobs,
+                    schedules=self._schedules,
+                    counters=self._counters,
+                    on_chain_change=self._chain_changed.notify,
+                )
+                stack.push_async_callback(self._write_shutdown, runner)
+                runner.start()
+                stack.push_async_callback(runner.stop)
+                self._runner = runner
+                self._exit_stack = stack.pop_all()
+        except BaseException:
+            self._state = _State.STOPPED
+            self._runner = None
+            raise
+        self._state = _State.STARTED
+        self.logger.info(
+            "jobsd: instance %s up (%d workers, jobs: %s)",
+            self._instance_id,
+            self._config.workers,
+            ", ".join(self._jobs) or "none",
+            extra={"instance_id": self._instance_id},
+        )
+
+    async def down(self) -> None:
+        """Stop: let running jobs finish for ``shutdown_timeout``, then kill and hand them over.
+
+        Idempotent.  Killed runs get a follow-up row that another instance runs.
+        """
+        if self._state is not _State.STARTED:
+            if self._state is _State.NEW:
+                self._state = _State.STOPPED
+            return
+        self._state = _State.STOPPING
+        self.logger.info("jobsd: instance %s going down", self._instance_id, extra={"instance_id": self._instance_id})
+        try:
+            assert self._exit_stack is not None
+            await self._exit_stack.aclose()
+        finally:
+            self._state = _State.STOPPED
+            self._chain_changed.notify()
+        self.logger.info("jobsd: instance %s down", self._instance_id, extra={"instance_id": self._instance_id})
+
+    async def __aenter__(self) -> JobsD:
+        await self.up()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.down()
+
+    async def _migrate(self, store: Store) -> None:
+        try:
+            async with store.dialect.transaction() as conn:
+                await conn.run_sync(self._tables.metadata.create_all, checkfirst=True)
+        except Exception:
+            # Another instance may have created the tables between our check and our CREATE.
+            async with store.dialect.transaction() as conn:
+                await conn.run_sync(self._tables.metadata.create_all, checkfirst=True)
+
+    async def _sample_clock(self, store: Store) -> None:
+        async with store.dialect.reading() as conn:
+            sent = self._clock.local()
+            db_now = await _read.db_now(store, conn)
+            self._clock.sample(db_now, sent, self._clock.local())
+
+    async def _write_shutdown(self, runner: Runner) -> None:
+        try:
+            await runner.beat(shutdown=True)
+        except Exception as exc:
+            self.logger.error(
+                "jobsd: could not record shutdown of instance %s: %s",
+                self._instance_id,
+                exc,
+                extra={"instance_id": self._instance_id},
+            )
+        self._shutdown_at = self._clock.now()
+
+    def _require_started(self) -> tuple[Store, Runner]:
+        if self._state is not _State.STARTED or self._store is None or self._runner is None:
+            if self._state in (_State.STOPPING, _State.STOPPED):
+                raise JobsDStateError("JobsD is down; create and start a new JobsD to submit runs")
+            raise JobsDStateError(
+                "JobsD is not running; use `async with JobsD(engine) as jd:` or `await jd.up()` first"
+            )
+        return self._store, self._runner
+
+    def _require_store(self) -> Store:
+        if self._store is None:
+            raise JobsDStateError(
+                "JobsD has not been started; use `async with JobsD(engine) as jd:` or `await jd.up()` first"
+            )
+        return self._store
+
+    # ------------------------------------------------------------------ runs
+
+    @overload
+    def create_run(self, job: Job[P], /, *args: P.args, **kwargs: P.kwargs) -> RunCreator: ...
+
+    @overload
+    def create_run(self, job: str, /, *args: Any, **kwargs: Any) -> RunCreator: ...
+
+    def create_run(self, job: str | Job[Any], /, *args: Any, **kwargs: Any) -> RunCreator:
+        """Start building a run of ``job`` with these arguments; submit it with ``.run()``."""
+        return RunCreator(self._submit, RunRequest(job=job, args=args, kwargs=kwargs))
+
+    def _resolve_job(self, job: str | Job[Any]) -> Job[Any]:
+        name = job.name if isinstance(job, Job) else job
+        found = self._jobs.get(name) if isinstance(name, str) else None
+        if found is None or (isinstance(job, Job) and found is not job):
+            raise UnknownJobError(f"job {name!r} is not registered on this instance")
+        return found
+
+    async def _submit(self, request: RunRequest) -> int:
+        store, runner = self._require_started()
+        job = self._resolve_job(request.job)
+        job.contract.check_args(job.name, request.args, request.kwargs)
+        args_json, kwargs_json = encode_args(job.name, request.args, request.kwargs)
+        options = request.options.over(job.options)
+        dialect = store.dialect
+
+        success_limit = request.limit if request.schedule is not None else 1
+        due: datetime
+        run_at: Any
+        if request.schedule is not None:
+            func = self._schedules.get(request.schedule)
+            if func is None:
+                raise UnknownScheduleError(f"schedule {request.schedule!r} is not registered on this instance")
+        if request.schedule is not None and (success_limit is None or success_limit > 0):
+            assert func is not None
+            base = request.at or self._clock.now() + timedelta(seconds=request.delay)
+            run_at = due = next_tick(request.schedule, func, base)
+        elif request.at is not None:
+            run_at = due = request.at
+        else:
+            due = self._clock.now() + timedelta(seconds=request.delay)
+            run_at = dialect.add_seconds(dialect.now(), literal(request.delay)) if request.delay else dialect.now()
+
+        values = _create.first_row_values(
+            instance_id=self.instance_id,
+            name=request.unique if request.unique is not None else uuid.uuid4().hex,
+            job=job.name,
+            job_args=args_json,
+            job_kwargs=kwargs_json,
+            delay=request.delay,
+            run_at=run_at,
+            created_at=dialect.now(),
+            run_success_limit=success_limit,
+            run_timeout=options.run_timeout,  # type: ignore[arg-type]
+            retries_on_error_limit=options.retries_error_limit,  # type: ignore[arg-type]
+            retries_on_timeout_limit=options.retries_timeout_limit,  # type: ignore[arg-type]
+            schedule=request.schedule,
+        )
+        run_id, inserted = await wrap_errors(
+            dialect.retrying(lambda conn: _create.insert_unique(store, conn, values)), "creating a run"
+        )
+        if inserted and runner.is_runnable_here(job.name):
+            runner.enqueue(run_id, due)
+        return run_id
+
+    async def get_run_state(self, run_id: int) -> RunState:
+        """The state of the run's chain (its latest row); raises RunNotFoundError."""
+        store = self._require_store()
+        row = await wrap_errors(self._latest(store, run_id), "reading a run")
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return self._state_of(row)
+
+    async def _latest(self, store: Store, run_id: int) -> RunRow | None:
+        async with store.dialect.reading() as conn:
+            return await _read.latest_of_chain(store, conn, run_id)
+
+    def _state_of(self, row: RunRow) -> RunState:
+        return RunState(
+            run_id=row.run_id,
+            id=row.id,
+            origin_id=row.origin_id,
+            name=row.name,
+            job=row.job,
+            schedule=row.schedule,
+            status=RunStatus.of_row(row.run_started_at, row.run_completed_at, row.run_completed_error),
+            run_total_count=row.run_total_count,
+            run_success_count=row.run_success_count,
+            run_started_at=row.run_started_at,
+            run_started_by=row.run_started_by,
+            run_completed_at=row.run_completed_at,
+            run_completed_error=row.run_completed_error,
+            retries_on_error_count=row.retries_on_error_count,
+            retries_on_timeout_count=row.retries_on_timeout_count,
+            result=decode_result(row.run_result),
+            created_at=row.created_at,
+            created_by=row.created_by,
+            _loader=self.get_run_state,
+        )
+
+    async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState:
+        """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""
+        seconds = to_seconds("timeout", timeout, allow_none=True)
+        pause = 0.005
+        async with asyncio.timeout(seconds):
+            while True:
+                state = await self.get_run_state(run_id)
+                if state.status.finished:
+                    return state
+                # Local completions wake us at once; others are noticed by the re-check.
+                await self._chain_changed.wait(pause)
+                pause = min(pause * 2, _WAIT_POLL_MAX)

@@ -1,0 +1,408 @@
+"""The running side of an instance: poller, dispatcher, attempts, completions, heartbeat.
+
+- The **poller** reads pending rows due soon for locally registered jobs (any creator,
+  this instance included) into the local queue, every ``poll_interval``.
+- The **dispatcher** waits for a free worker slot and a due row, claims up to the free
+  slots in one statement and starts a task per won row.
+- Each **attempt** task runs the job; its ending is written by a **completion** that retries
+  with backoff until the database takes it.
+- The **heartbeat** writes ``last_seen_at`` and the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._attempt import Attempt, Ending
+from ._chain import FollowUp, Outcome, plan_follow_up
+from ._clock import DbClock
+from ._config import Config
+from ._errors import ScheduleError
+from ._jobs import Job, decode_args, encode_result
+from ._queue import LocalQueue
+from ._schedules import ScheduleFunc, next_tick
+from ._signal import Signal
+from ._store import _claim, _complete, _instances, _read
+from ._store._dialect import DRIVER_ERRORS
+from ._store._rows import RunRow, Store
+
+_RETRY_FIRST = 0.05  # seconds before the first retry of a failed database write
+_RETRY_MAX = 5.0  # seconds, the backoff cap
+_EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
+_COMPLETION_DRAIN = 10.0  # seconds down() waits for completions still being written
+
+
+class Runner:
+    """Executes runs for one started JobsD instance."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        clock: DbClock,
+        instance_id: int,
+        jobs: Mapping[str, Job[Any]],
+        schedules: Mapping[str, ScheduleFunc],
+        counters: _instances.Counters,
+        on_chain_change: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._id = instance_id
+        self._jobs = jobs
+        self._schedules = schedules
+        self._counters = counters
+        self._on_chain_change = on_chain_change
+        self._log = config.logger
+        self._extra = {"instance_id": instance_id}
+        self._queue = LocalQueue()
+        self._attempts: dict[int, Attempt] = {}  # by row id, until the completion is written
+        self._busy = 0
+        self._wakeup = asyncio.Event()
+        self._poll_now = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._completions: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, config.workers), thread_name_prefix=f"jobsd-{instance_id}"
+        )
+        self._stopping = False
+        self.last_seen_at: datetime | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the background loops (the poller polls at once)."""
+        if self._config.workers > 0:
+            self._spawn_loop(self._poll_loop(), "jobsd poller")
+            self._spawn_loop(self._dispatch_loop(), "jobsd dispatcher")
+        self._spawn_loop(self._heartbeat_loop(), "jobsd heartbeat")
+
+    def _spawn_loop(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._loops.append(asyncio.create_task(coro, name=f"{name} #{self._id}"))
+
+    async def stop(self) -> None:
+        """Stop taking work, drain running jobs, kill what is left, flush completions."""
+        self._stopping = True
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        self._queue.clear()
+        await self._drain()
+        if self._completions:
+            done, pending = await asyncio.wait(self._completions, timeout=_COMPLETION_DRAIN)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._log.error(
+                    "jobsd: %d completions could not be written before shutdown; "
+                    "their runs will be recovered by the timeout check",
+                    len(pending),
+                    extra=self._extra,
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _drain(self) -> None:
+        running = {t for t in self._job_tasks if not t.done()}
+        if not running:
+            return
+        self._log.info(
+            "jobsd: waiting up to %ss for %d running jobs",
+            self._config.shutdown_timeout,
+            len(running),
+            extra=self._extra,
+        )
+        _, still = await asyncio.wait(running, timeout=self._config.shutdown_timeout)
+        if not still:
+            return
+        for attempt in list(self._attempts.values()):
+            if attempt.task in still:
+                self._end(attempt, Ending(Outcome.KILLED, Outcome.KILLED.error_text()))
+        _, still = await asyncio.wait(still, timeout=self._config.cancel_grace)
+        for task in still:
+            task.cancel()
+        await asyncio.gather(*still, return_exceptions=True)
+
+    # ---------------------------------------------------------------- the local queue
+
+    def enqueue(self, row_id: int, due: datetime) -> None:
+        """Offer a pending row to this instance's dispatcher."""
+        if self._stopping or self._config.workers == 0 or row_id in self._attempts:
+            return
+        if self._queue.push(row_id, due):
+            self._wakeup.set()
+
+    def is_runnable_here(self, job: str) -> bool:
+        return self._config.workers > 0 and job in self._jobs
+
+    # ---------------------------------------------------------------- poller
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except DRIVER_ERRORS as exc:
+                self._log.warning("jobsd: poll failed: %s", exc, extra=self._extra)
+            self._poll_now.clear()
+            try:
+                async with asyncio.timeout(self._config.poll_interval):
+                    await self._poll_now.wait()
+            except TimeoutError:
+                pass
+
+    async def poll_once(self) -> None:
+        store = self._store
+        async with store.dialect.reading() as conn:
+            sent = self._clock.local()
+            db_now = await _read.db_now(store, conn)
+            self._clock.sample(db_now, sent, self._clock.local())
+            rows = await _claim.poll_due(
+                store,
+                conn,
+                jobs=list(self._jobs),
+                schedules=list(self._schedules),
+                horizon=self._config.poll_interval,
+                limit=self._config.poll_limit,
+            )
+        for row in rows:
+            if self._accepts(row):
+                self.enqueue(row.id, row.run_at)
+
+    def _accepts(self, row: RunRow) -> bool:
+        """Whether this instance could run the row; rows it cannot are left to others."""
+        job = self._jobs.get(row.job)
+        if job is None:
+            return False
+        try:
+            args, kwargs = decode_args(row.job_args, row.job_kwargs)
+            job.contract.check_args(row.job, args, kwargs)
+        except (ValueError, TypeError) as exc:
+            self._log.warning(
+                "jobsd: leaving run %s to other instances: %s",
+                row.id,
+                exc,
+                extra={**self._extra, "run_id": row.run_id, "job": row.job},
+            )
+            return False
+        return True
+
+    # ---------------------------------------------------------------- dispatcher
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            free = self._config.workers - self._busy
+            timeout: float | None = None
+            if free > 0:
+                now = self._clock.now()
+                ids = self._queue.pop_due(now, free)
+                if ids:
+                    await self._claim_and_start(ids)
+                    continue
+                head = self._queue.next_due()
+                if head is not None:
+                    timeout = max(0.0, (head - now).total_seconds())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    async def _claim_and_start(self, ids: list[int]) -> None:
+        ids = [i for i in ids if i not in self._attempts]
+        if not ids:
+            return
+        try:
+            claimed = await self._store.dialect.retrying(
+                lambda conn: _claim.claim(self._store, conn, ids=ids, instance_id=self._id)
+            )
+        except DRIVER_ERRORS as exc:
+            self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
+            retry_at = self._clock.now() + timedelta(seconds=1)
+            for row_id in ids:
+                self.enqueue(row_id, retry_at)
+            return
+        for row_id, _run_at in claimed.early:
+            self.enqueue(row_id, self._clock.now() + _EARLY_RETRY)
+        for row in claimed.won:
+            self._counters.runs_started += 1
+            self._start(row)
+
+    def _start(self, row: RunRow) -> None:
+        job = self._jobs[row.job]
+        attempt = Attempt(row, job.contract)
+        self._attempts[row.id] = attempt
+        self._busy += 1
+        task = asyncio.create_task(self._execute(attempt), name=f"jobsd run {row.id}")
+        attempt.task = task
+        self._job_tasks.add(task)
+        task.add_done_callback(self._release_slot)
+
+    def _release_slot(self, task: asyncio.Task[None]) -> None:
+        self._job_tasks.discard(task)
+        self._busy -= 1
+        self._wakeup.set()
+
+    # ---------------------------------------------------------------- attempts
+
+    async def _execute(self, attempt: Attempt) -> None:
+        row = attempt.row
+        loop = asyncio.get_running_loop()
+        timer = None
+        if row.run_timeout_at is not None:
+            delay = max(0.0, (row.run_timeout_at - self._clock.now()).total_seconds())
+            timer = loop.call_later(delay, self._on_timeout, attempt)
+        self._log.debug("jobsd: run %s started", row.id, extra={**self._extra, **attempt.log_extra})
+        try:
+            value = await attempt.call(self._executor)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if attempt.ending is not None:
+                return  # we cancelled it after its timeout, cancel or kill
+            if task is not None and task.cancelling():
+                self._end(attempt, Ending(Outcome.KILLED, Outcome.KILLED.error_text()))
+                raise
+            self._end(attempt, Ending(Outcome.FAILED, "CancelledError: job raised CancelledError"))
+        except Exception as exc:
+            if attempt.ending is None:
+                self._log.warning(
+                    "jobsd: run %s failed: %r", row.id, exc, extra={**self._extra, **attempt.log_extra}
+                )
+            self._end(attempt, Ending(Outcome.FAILED, Outcome.FAILED.error_text(exc)))
+        else:
+            self._end(attempt, Ending(Outcome.SUCCEEDED, result=self._result_text(attempt, value)))
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _result_text(self, attempt: Attempt, value: object) -> str | None:
+        try:
+            return encode_result(value)
+        except (TypeError, ValueError) as exc:
+            self._log.warning(
+                "jobsd: result of run %s is not JSON-serializable, stored as None: %s",
+                attempt.row.id,
+                exc,
+                extra={**self._extra, **attempt.log_extra},
+            )
+            return None
+
+    def _on_timeout(self, attempt: Attempt) -> None:
+        if not self._end(attempt, Ending(Outcome.TIMED_OUT, Outcome.TIMED_OUT.error_text())):
+            return
+        self._log.warning(
+            "jobsd: run %s timed out", attempt.row.id, extra={**self._extra, **attempt.log_extra}
+        )
+        task = attempt.task
+        if task is not None and not task.done():
+            asyncio.get_running_loop().call_later(self._config.cancel_grace, task.cancel)
+
+    def _end(self, attempt: Attempt, ending: Ending) -> bool:
+        if not attempt.end(ending):
+            return False
+        if ending.outcome is Outcome.FAILED:
+            self._counters.runs_errors += 1
+        elif ending.outcome is Outcome.TIMED_OUT:
+            self._counters.runs_timed_out += 1
+        self._spawn_completion(attempt, ending)
+        return True
+
+    # ---------------------------------------------------------------- completions
+
+    def _spawn_completion(self, attempt: Attempt, ending: Ending) -> None:
+        task = asyncio.create_task(self._complete(attempt, ending), name=f"jobsd complete {attempt.row.id}")
+        self._completions.add(task)
+        task.add_done_callback(self._completions.discard)
+
+    async def _complete(self, attempt: Attempt, ending: Ending) -> None:
+        row = attempt.row
+        extra = {**self._extra, **attempt.log_extra}
+        follow_up = self._plan(row, ending.outcome)
+        closing = _complete.Closing(
+            error=ending.error, result=ending.result, success=ending.outcome is Outcome.SUCCEEDED
+        )
+        delay = _RETRY_FIRST
+        try:
+            while True:
+                try:
+                    done = await self._store.dialect.retrying(
+                        lambda conn: _complete.complete(
+                            self._store,
+                            conn,
+                            row=row,
+                            closing=closing,
+                            follow_up=follow_up,
+                            instance_id=self._id,
+                            owner_id=self._id,
+                        )
+                    )
+                    break
+                except DRIVER_ERRORS as exc:
+                    self._log.warning(
+                        "jobsd: recording run %s failed, retrying in %.2fs: %s", row.id, delay, exc, extra=extra
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+        finally:
+            self._attempts.pop(row.id, None)
+        if done is None:
+            self._log.warning(
+                "jobsd: run %s was already completed elsewhere; discarding its %s ending",
+                row.id,
+                ending.outcome.value,
+                extra=extra,
+            )
+            return
+        self._log.debug("jobsd: run %s %s", row.id, ending.outcome.value, extra=extra)
+        if follow_up is not None and done.follow_up_id is not None:
+            if follow_up.rescheduled:
+                self._counters.runs_rescheduled += 1
+            self.enqueue(done.follow_up_id, follow_up.run_at or self._clock.now())
+        self._on_chain_change()
+
+    def _plan(self, row: RunRow, outcome: Outcome) -> FollowUp | None:
+        def tick() -> datetime:
+            assert row.schedule is not None
+            func = self._schedules.get(row.schedule)
+            if func is None:
+                raise ScheduleError(f"schedule {row.schedule!r} is not registered on this instance")
+            return next_tick(row.schedule, func, self._clock.now())
+
+        try:
+            return plan_follow_up(row, outcome, tick)
+        except ScheduleError as exc:
+            self._log.error(
+                "jobsd: run %s: %s; its chain ends here",
+                row.id,
+                exc,
+                extra={**self._extra, "run_id": row.run_id, "job": row.job},
+            )
+            return None
+
+    # ---------------------------------------------------------------- heartbeat
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.heartbeat_interval)
+            try:
+                await self.beat()
+            except DRIVER_ERRORS as exc:
+                self._log.warning("jobsd: heartbeat failed: %s", exc, extra=self._extra)
+
+    async def beat(self, *, shutdown: bool = False) -> None:
+        counters = dataclasses.replace(self._counters)
+        await self._store.dialect.retrying(
+            lambda conn: _instances.beat(self._store, conn, self._id, counters, shutdown=shutdown)
+        )
+        self.last_seen_at = self._clock.now()
+
+

@@ -1,0 +1,1 @@
+"""The database side: schema, dialect differences, and the SQL of each concern."""

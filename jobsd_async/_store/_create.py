@@ -1,0 +1,112 @@
+"""Inserting a chain's first row, with the unique-name check."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._rows import Store
+
+# A unique name can be freed between our failed insert and our look-up; then we insert again.
+_MAX_INSERT_ATTEMPTS = 5
+
+
+async def insert_unique(
+    store: Store, conn: AsyncConnection, values: dict[str, Any]
+) -> tuple[int, bool]:
+    """Insert a first row unless its name is active; return (run id, inserted).
+
+    When a pending or running row already holds ``name_active``, nothing is inserted and the
+    run id of that row's chain is returned.
+    """
+    for _ in range(_MAX_INSERT_ATTEMPTS):
+        new_id = await _insert_if_name_free(store, conn, values)
+        if new_id is not None:
+            return new_id, True
+        existing = await active_run_id(store, conn, values["name_active"])
+        if existing is not None:
+            return existing, False
+    raise RuntimeError(f"unique name {values['name_active']!r} kept changing hands; giving up")
+
+
+async def active_run_id(store: Store, conn: AsyncConnection, name: str) -> int | None:
+    runs = store.runs
+    row = (
+        await conn.execute(select(runs.c.id, runs.c.origin_id).where(runs.c.name_active == name))
+    ).first()
+    if row is None:
+        return None
+    return int(row.origin_id if row.origin_id is not None else row.id)
+
+
+async def _insert_if_name_free(
+    store: Store, conn: AsyncConnection, values: dict[str, Any]
+) -> int | None:
+    runs = store.runs
+    dialect = store.dialect
+    if dialect.is_postgresql:
+        stmt = (
+            postgresql.insert(runs)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[runs.c.name_active])
+            .returning(runs.c.id)
+        )
+        return (await conn.execute(stmt)).scalar_one_or_none()
+    if dialect.is_sqlite:
+        result = await conn.execute(
+            sqlite.insert(runs).values(values).on_conflict_do_nothing(index_elements=[runs.c.name_active])
+        )
+        return int(result.lastrowid) if result.rowcount == 1 else None
+    # MySQL/MariaDB: a duplicate-key error only undoes the statement, not the transaction.
+    try:
+        result = await conn.execute(insert(runs).values(values))
+    except DBAPIError as exc:
+        if dialect.is_unique_violation(exc):
+            return None
+        raise
+    return int(result.lastrowid)
+
+
+def first_row_values(
+    *,
+    instance_id: int,
+    name: str,
+    job: str,
+    job_args: str,
+    job_kwargs: str,
+    delay: float,
+    run_at: datetime | ColumnElement[datetime],
+    created_at: ColumnElement[datetime],
+    run_success_limit: int | None,
+    run_timeout: float | None,
+    retries_on_error_limit: int | None,
+    retries_on_timeout_limit: int | None,
+    schedule: str | None,
+) -> dict[str, Any]:
+    return {
+        "origin_id": None,
+        "parent_id": None,
+        "name": name,
+        "name_active": name,
+        "job": job,
+        "job_args": job_args,
+        "job_kwargs": job_kwargs,
+        "delay": delay,
+        "run_at": run_at,
+        "run_total_count": 0,
+        "run_success_count": 0,
+        "run_success_limit": run_success_limit,
+        "run_timeout": run_timeout,
+        "retries_on_error_count": 0,
+        "retries_on_error_limit": retries_on_error_limit,
+        "retries_on_timeout_count": 0,
+        "retries_on_timeout_limit": retries_on_timeout_limit,
+        "schedule": schedule,
+        "created_at": created_at,
+        "created_by": instance_id,
+    }

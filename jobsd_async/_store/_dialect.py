@@ -1,0 +1,151 @@
+"""Everything that differs between PostgreSQL, MySQL/MariaDB and SQLite, in one place.
+
+- the database clock: ``now()``, ``UTC_TIMESTAMP(6)``, or SQLite's ``'now'`` (the host clock);
+- adding seconds to a timestamp inside SQL;
+- ``RETURNING`` support, detected from the connected server;
+- how a write transaction starts (SQLite takes its write lock up front with
+  ``BEGIN IMMEDIATE``, so two writers never deadlock upgrading read locks);
+- which driver errors are transient lock conflicts worth retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import BigInteger, ColumnElement, cast, func, literal_column, type_coerce
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .._errors import StoreError
+from ._schema import UTCDateTime
+
+T = TypeVar("T")
+
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+"""What a failed database call raises: SQLAlchemy-wrapped driver errors, or socket errors."""
+
+_SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f000"  # SQLAlchemy's text layout, millisecond precision
+_TRANSIENT_RETRIES = 8
+
+
+class Dialect:
+    """SQL building blocks for one connected database; created by :meth:`detect`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.name = _family(engine.dialect.name)
+        self.update_returning = bool(engine.dialect.update_returning)
+        self.insert_returning = bool(engine.dialect.insert_returning)
+
+    @classmethod
+    async def detect(cls, engine: AsyncEngine) -> Dialect:
+        """Connect once so server-dependent capabilities (MariaDB's RETURNING) are known."""
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+        dialect = cls(engine)
+        if dialect.name == "sqlite":
+            async with engine.connect() as conn:
+                # WAL lets readers run beside the single writer; it persists in the file.
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        return dialect
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name == "sqlite"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.name == "postgresql"
+
+    @property
+    def is_mysql(self) -> bool:
+        return self.name == "mysql"
+
+    def now(self) -> ColumnElement[datetime]:
+        """The database clock as a SQL expression."""
+        if self.name == "postgresql":
+            return type_coerce(func.now(), UTCDateTime)
+        if self.name == "mysql":
+            return type_coerce(func.utc_timestamp(6), UTCDateTime)
+        return type_coerce(func.strftime(_SQLITE_FORMAT, "now"), UTCDateTime)
+
+    def add_seconds(self, ts: ColumnElement[Any], seconds: ColumnElement[Any]) -> ColumnElement[datetime]:
+        """``ts + seconds`` in SQL; ``seconds`` is a float expression."""
+        if self.name == "postgresql":
+            return type_coerce(ts + func.make_interval(0, 0, 0, 0, 0, 0, seconds), UTCDateTime)
+        if self.name == "mysql":
+            micros = cast(func.round(seconds * 1_000_000), BigInteger)
+            return type_coerce(func.timestampadd(literal_column("MICROSECOND"), micros, ts), UTCDateTime)
+        modifier = func.printf("+%.6f seconds", seconds)
+        return type_coerce(func.strftime(_SQLITE_FORMAT, ts, modifier), UTCDateTime)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction on a pooled connection: committed on success, else rolled back."""
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await asyncio.shield(conn.rollback())
+                raise
+            await conn.commit()
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection for reads; its implicit transaction ends with it."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def retrying(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction, again on deadlocks and lock timeouts."""
+        for attempt in range(_TRANSIENT_RETRIES):
+            try:
+                async with self.transaction() as conn:
+                    return await work(conn)
+            except DBAPIError as exc:
+                if attempt == _TRANSIENT_RETRIES - 1 or not self.is_transient(exc):
+                    raise
+            await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def is_transient(self, exc: DBAPIError) -> bool:
+        """A lock conflict that a retry of the same transaction may get past."""
+        text = str(exc.orig)
+        if self.name == "mysql":
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            return code in (1205, 1213)
+        if self.name == "postgresql":
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            return code in ("40P01", "40001", "55P03")
+        return "database is locked" in text or "database is busy" in text
+
+    def is_unique_violation(self, exc: DBAPIError) -> bool:
+        if self.name == "mysql":
+            return bool(exc.orig is not None and exc.orig.args and exc.orig.args[0] == 1062)
+        if self.name == "postgresql":
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            return code == "23505"
+        return "UNIQUE constraint failed" in str(exc.orig)
+
+
+def _family(name: str) -> str:
+    if name in ("mysql", "mariadb"):
+        return "mysql"
+    if name in ("postgresql", "sqlite"):
+        return name
+    raise StoreError(f"unsupported database dialect {name!r}; use PostgreSQL, MySQL/MariaDB or SQLite")
+
+
+async def wrap_errors(awaitable: Awaitable[T], what: str) -> T:
+    """Await a database operation, turning driver errors into StoreError."""
+    try:
+        return await awaitable
+    except DRIVER_ERRORS as exc:
+        raise StoreError(f"{what} failed: {exc}") from exc

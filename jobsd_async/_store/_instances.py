@@ -1,0 +1,68 @@
+"""The ``{prefix}instances`` row: written at up(), at every heartbeat and at down()."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .._config import Config
+from ._rows import Store
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this instance did since up(); see SPEC §3.9."""
+
+    runs_started: int = 0
+    runs_rescheduled: int = 0
+    runs_timed_out: int = 0
+    runs_timed_out_res: int = 0
+    runs_errors: int = 0
+
+
+async def register(
+    store: Store,
+    conn: AsyncConnection,
+    config: Config,
+    jobs: list[str],
+    schedules: list[str],
+) -> int:
+    """Insert this instance's row; return its id."""
+    now = store.dialect.now()
+    result = await conn.execute(
+        insert(store.instances).values(
+            workers=config.workers,
+            auto_migrate=config.auto_migrate,
+            supported_jobs=",".join(jobs),
+            supported_schedules=",".join(schedules),
+            poll_interval=config.poll_interval,
+            poll_limit=config.poll_limit,
+            timeout_check=config.timeout_check,
+            heartbeat_interval=config.heartbeat_interval,
+            run_timeout=config.run_timeout,
+            retries_on_timeout_limit=config.retries_timeout_limit,
+            retries_on_error_limit=config.retries_error_limit,
+            last_seen_at=now,
+            created_at=now,
+            **asdict(Counters()),
+        )
+    )
+    return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+
+async def beat(
+    store: Store,
+    conn: AsyncConnection,
+    instance_id: int,
+    counters: Counters,
+    *,
+    shutdown: bool = False,
+) -> None:
+    """Write ``last_seen_at`` and the counters (and ``shutdown_at`` when shutting down)."""
+    now = store.dialect.now()
+    values = dict(asdict(counters), last_seen_at=now)
+    if shutdown:
+        values["shutdown_at"] = now
+    await conn.execute(update(store.instances).where(store.instances.c.id == instance_id).values(values))

@@ -1,0 +1,35 @@
+"""Reading runs back: a row by id and the latest row of a chain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._rows import RunRow, Store
+
+
+async def latest_of_chain(store: Store, conn: AsyncConnection, run_id: int) -> RunRow | None:
+    """The newest row of the chain whose first row is ``run_id`` (or that row itself)."""
+    runs = store.runs
+    row = (
+        (
+            await conn.execute(
+                select(runs)
+                .where(or_(runs.c.id == run_id, runs.c.origin_id == run_id))
+                .order_by(runs.c.id.desc())
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else RunRow.of(row)
+
+
+async def db_now(store: Store, conn: AsyncConnection) -> datetime:
+    """The database clock."""
+    value = (await conn.execute(select(store.dialect.now()))).scalar_one()
+    assert isinstance(value, datetime)
+    return value

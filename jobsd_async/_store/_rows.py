@@ -1,0 +1,75 @@
+"""A row of ``{prefix}runs`` as a typed value, and the Store handle the SQL modules share."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table
+
+from ._dialect import Dialect
+from ._schema import Tables
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The database side of one JobsD instance: its dialect and its tables."""
+
+    dialect: Dialect
+    tables: Tables
+
+    @property
+    def runs(self) -> Table:
+        return self.tables.runs
+
+    @property
+    def instances(self) -> Table:
+        return self.tables.instances
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One attempt, as stored."""
+
+    id: int
+    origin_id: int | None
+    parent_id: int | None
+    name: str
+    name_active: str | None
+    job: str
+    job_args: str | None
+    job_kwargs: str | None
+    delay: float
+    run_at: datetime
+    run_total_count: int
+    run_success_count: int
+    run_success_limit: int | None
+    run_started_at: datetime | None
+    run_started_by: int | None
+    run_completed_at: datetime | None
+    run_completed_error: str | None
+    run_result: str | None
+    run_timeout: float | None
+    run_timeout_at: datetime | None
+    retries_on_error_count: int
+    retries_on_error_limit: int | None
+    retries_on_timeout_count: int
+    retries_on_timeout_limit: int | None
+    schedule: str | None
+    cancel_requested_at: datetime | None
+    created_at: datetime
+    created_by: int
+
+    @property
+    def run_id(self) -> int:
+        """The chain's first row id."""
+        return self.origin_id if self.origin_id is not None else self.id
+
+    @classmethod
+    def of(cls, mapping: Mapping[str, Any]) -> RunRow:
+        return cls(**{name: mapping[name] for name in _FIELDS})
+
+
+_FIELDS = tuple(f.name for f in fields(RunRow))

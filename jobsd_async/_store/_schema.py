@@ -1,0 +1,134 @@
+"""The two tables, ``{prefix}runs`` and ``{prefix}instances``, and their column types.
+
+Column names follow the Go original in snake_case.  Datetimes are stored in UTC (naive on
+MySQL/MariaDB and SQLite, ``timestamptz`` on PostgreSQL) and always read back aware.
+Durations are float seconds; arguments and results are JSON text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeDecorator
+
+from .._config import MAX_NAME_LENGTH
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every dialect."""
+
+    impl = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; use an aware one")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):  # SQLite expressions may come back as text
+            value = datetime.fromisoformat(str(value))
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    metadata: MetaData
+    runs: Table
+    instances: Table
+
+
+def build_tables(prefix: str) -> Tables:
+    """The tables for one table prefix, in a MetaData of their own (for Alembic users too)."""
+    metadata = MetaData()
+    runs_name = f"{prefix}runs"
+    runs = Table(
+        runs_name,
+        metadata,
+        Column("id", _ID, primary_key=True, autoincrement=True),
+        Column("origin_id", BigInteger, nullable=True),
+        Column("parent_id", BigInteger, nullable=True),
+        Column("name", String(MAX_NAME_LENGTH), nullable=False),
+        Column("name_active", String(MAX_NAME_LENGTH), nullable=True, unique=True),
+        Column("job", String(MAX_NAME_LENGTH), nullable=False),
+        Column("job_args", _TEXT, nullable=True),
+        Column("job_kwargs", _TEXT, nullable=True),
+        Column("delay", Float, nullable=False, default=0.0),
+        Column("run_at", UTCDateTime, nullable=False),
+        Column("run_total_count", Integer, nullable=False, default=0),
+        Column("run_success_count", Integer, nullable=False, default=0),
+        Column("run_success_limit", Integer, nullable=True),
+        Column("run_started_at", UTCDateTime, nullable=True),
+        Column("run_started_by", BigInteger, nullable=True),
+        Column("run_completed_at", UTCDateTime, nullable=True),
+        Column("run_completed_error", _TEXT, nullable=True),
+        Column("run_result", _TEXT, nullable=True),
+        Column("run_timeout", Float, nullable=True),
+        Column("run_timeout_at", UTCDateTime, nullable=True),
+        Column("retries_on_error_count", Integer, nullable=False, default=0),
+        Column("retries_on_error_limit", Integer, nullable=True),
+        Column("retries_on_timeout_count", Integer, nullable=False, default=0),
+        Column("retries_on_timeout_limit", Integer, nullable=True),
+        Column("schedule", String(MAX_NAME_LENGTH), nullable=True),
+        Column("cancel_requested_at", UTCDateTime, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("created_by", BigInteger, nullable=False),
+        # The poll: pending rows of some jobs by due time.
+        Index(f"ix_{runs_name}_pending", "run_started_at", "job", "run_at"),
+        # The timeout scan: running rows by deadline and by owner.
+        Index(f"ix_{runs_name}_running", "run_completed_at", "run_started_by"),
+        Index(f"ix_{runs_name}_timeout_at", "run_completed_at", "run_timeout_at"),
+        # Chains: every row of a run id.
+        Index(f"ix_{runs_name}_origin_id", "origin_id"),
+    )
+    instances = Table(
+        f"{prefix}instances",
+        metadata,
+        Column("id", _ID, primary_key=True, autoincrement=True),
+        Column("workers", Integer, nullable=False),
+        Column("auto_migrate", Boolean, nullable=False),
+        Column("supported_jobs", _TEXT, nullable=False),
+        Column("supported_schedules", _TEXT, nullable=False),
+        Column("poll_interval", Float, nullable=False),
+        Column("poll_limit", Integer, nullable=False),
+        Column("timeout_check", Float, nullable=False),
+        Column("heartbeat_interval", Float, nullable=False),
+        Column("run_timeout", Float, nullable=True),
+        Column("retries_on_timeout_limit", Integer, nullable=True),
+        Column("retries_on_error_limit", Integer, nullable=True),
+        Column("runs_started", BigInteger, nullable=False, default=0),
+        Column("runs_rescheduled", BigInteger, nullable=False, default=0),
+        Column("runs_timed_out", BigInteger, nullable=False, default=0),
+        Column("runs_timed_out_res", BigInteger, nullable=False, default=0),
+        Column("runs_errors", BigInteger, nullable=False, default=0),
+        Column("last_seen_at", UTCDateTime, nullable=True),
+        Column("shutdown_at", UTCDateTime, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+    return Tables(metadata=metadata, runs=runs, instances=instances)

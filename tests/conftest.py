@@ -1,0 +1,129 @@
+"""Test fixtures: every test runs on SQLite, PostgreSQL and MariaDB.
+
+Server URLs come from ``JOBSD_TEST_POSTGRES_URL`` and ``JOBSD_TEST_MYSQL_URL`` (defaults: the
+local servers).  ``JOBSD_TEST_BACKENDS`` (comma-separated: sqlite,postgresql,mariadb) narrows
+the set.  A server that cannot be reached skips its tests, except under ``CI=true``, where it
+fails them.  Each test gets its own table prefix and drops its tables afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from jobsd_async import JobsD
+
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "JOBSD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get("JOBSD_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"),
+}
+ALL_BACKENDS = ("sqlite", "postgresql", "mariadb")
+BACKENDS = tuple(
+    b.strip()
+    for b in os.environ.get("JOBSD_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",")
+    if b.strip()
+)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Fast settings for tests; each test may override them.
+FAST = {"poll_interval": 0.2, "heartbeat_interval": 0.5, "shutdown_timeout": 2.0, "cancel_grace": 0.5}
+
+_reachable: dict[str, str | None] = {}
+
+
+def backend_url(backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'jobsd.db'}"
+    return SERVER_URLS[backend]
+
+
+async def _probe(backend: str, url: str) -> str | None:
+    """None if the server answers, else why not."""
+    engine = create_async_engine(url)
+    try:
+        async with asyncio.timeout(10), engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        return f"{backend} at {url} is unreachable: {exc!r}"
+    finally:
+        await engine.dispose()
+    return None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    url = backend_url(backend, tmp_path)
+    if backend != "sqlite":
+        if backend not in _reachable:
+            _reachable[backend] = await _probe(backend, url)
+        problem = _reachable[backend]
+        if problem is not None:
+            if IN_CI:
+                pytest.fail(f"CI=true and {problem}")
+            pytest.skip(problem)
+    engine = create_async_engine(url, pool_size=20, max_overflow=20) if backend != "sqlite" else (
+        create_async_engine(url)
+    )
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}_"
+
+
+MakeJobsD = Callable[..., JobsD]
+
+
+@pytest.fixture
+async def make_jobsd(engine: AsyncEngine, table_prefix: str) -> AsyncIterator[MakeJobsD]:
+    """Build JobsD instances on the test's engine and prefix; all are downed and dropped after."""
+    made: list[JobsD] = []
+
+    def make(**options: Any) -> JobsD:
+        settings = {**FAST, "table_prefix": table_prefix, **options}
+        jd = JobsD(engine, **settings)
+        made.append(jd)
+        return jd
+
+    try:
+        yield make
+    finally:
+        await asyncio.gather(*(jd.down() for jd in made), return_exceptions=True)
+        if made:
+            async with engine.begin() as conn:
+                await conn.run_sync(made[0].metadata.drop_all)
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until ``check()`` holds, re-checking every few milliseconds; fail after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = check()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"{what} did not happen within {timeout}s")
