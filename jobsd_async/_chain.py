@@ -62,9 +62,7 @@ def _under(limit: int | None, count: int) -> bool:
     return limit is None or count < limit
 
 
-def plan_follow_up(
-    row: RunRow, outcome: Outcome, next_tick: Callable[[], datetime]
-) -> FollowUp | None:
+def plan_follow_up(row: RunRow, outcome: Outcome, next_tick: Callable[[], datetime]) -> FollowUp | None:
     """The follow-up of ``row`` after ``outcome``; ``next_tick()`` gives the schedule's next time."""
     successes = row.run_success_count + (1 if outcome is Outcome.SUCCEEDED else 0)
     scheduled = needs_scheduling(row, successes)
@@ -77,13 +75,9 @@ def plan_follow_up(
         # A kill at shutdown is not the job's fault: re-run this attempt, consuming nothing.
         return FollowUp(None, successes, error_count, timeout_count, rescheduled=False)
     if outcome is Outcome.FAILED and _under(row.retries_on_error_limit, error_count):
-        return FollowUp(
-            next_tick() if scheduled else None, successes, error_count + 1, timeout_count, False
-        )
+        return FollowUp(next_tick() if scheduled else None, successes, error_count + 1, timeout_count, False)
     if outcome is Outcome.TIMED_OUT and _under(row.retries_on_timeout_limit, timeout_count):
-        return FollowUp(
-            next_tick() if scheduled else None, successes, error_count, timeout_count + 1, False
-        )
+        return FollowUp(next_tick() if scheduled else None, successes, error_count, timeout_count + 1, False)
     if scheduled:
         return FollowUp(next_tick(), successes, 0, 0, rescheduled=True)
     return None

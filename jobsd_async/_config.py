@@ -117,9 +117,7 @@ def check_table_prefix(prefix: object) -> str:
     if not _PREFIX_RE.fullmatch(prefix):
         raise ValueError(f"table_prefix must match [A-Za-z_][A-Za-z0-9_]*, got {prefix!r}")
     if len(prefix) > MAX_TABLE_PREFIX_LENGTH:
-        raise ValueError(
-            f"table_prefix must be at most {MAX_TABLE_PREFIX_LENGTH} characters, got {prefix!r}"
-        )
+        raise ValueError(f"table_prefix must be at most {MAX_TABLE_PREFIX_LENGTH} characters, got {prefix!r}")
     return prefix
 
 
@@ -127,18 +125,16 @@ def check_table_prefix(prefix: object) -> str:
 class RunOptions:
     """Per-run settings that travel in the row; each level may leave a value UNSET."""
 
-    run_timeout: float | None | _Unset = UNSET
-    retries_error_limit: int | None | _Unset = UNSET
-    retries_timeout_limit: int | None | _Unset = UNSET
+    run_timeout: float | _Unset | None = UNSET
+    retries_error_limit: int | _Unset | None = UNSET
+    retries_timeout_limit: int | _Unset | None = UNSET
 
     @classmethod
     def parse(
         cls, run_timeout: object, retries_error_limit: object, retries_timeout_limit: object
     ) -> RunOptions:
         return cls(
-            run_timeout=UNSET
-            if run_timeout is UNSET
-            else to_run_timeout("run_timeout", run_timeout),
+            run_timeout=UNSET if run_timeout is UNSET else to_run_timeout("run_timeout", run_timeout),
             retries_error_limit=UNSET
             if retries_error_limit is UNSET
             else to_retry_limit("retries_error_limit", retries_error_limit),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,7 +32,7 @@ class RunRequest:
     job: str | Job[Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: RunOptions = RunOptions()
+    options: RunOptions = field(default_factory=RunOptions)
     unique: str | None = None
     schedule: str | None = None
     limit: int | None = None
@@ -72,7 +72,9 @@ class RunCreator:
     def retries_error_limit(self, limit: int | None) -> Self:
         """Retries after errors (None or -1: unlimited), overriding the job's."""
         value = to_retry_limit("retries_error_limit", limit)
-        self._request = replace(self._request, options=replace(self._request.options, retries_error_limit=value))
+        self._request = replace(
+            self._request, options=replace(self._request.options, retries_error_limit=value)
+        )
         return self
 
     def retries_timeout_limit(self, limit: int | None) -> Self:
@@ -119,4 +121,3 @@ class RunCreator:
         run_id = await self._submit(request)
         self._submitted = True
         return run_id
-

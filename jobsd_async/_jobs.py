@@ -69,9 +69,7 @@ class JobFunc:
             or inspect.isasyncgenfunction(func)
             or inspect.isgeneratorfunction(func)
         ):
-            raise InvalidJobFuncError(
-                f"job {name!r} must be a function or coroutine function, got {func!r}"
-            )
+            raise InvalidJobFuncError(f"job {name!r} must be a function or coroutine function, got {func!r}")
         try:
             signature = inspect.signature(func)
         except (TypeError, ValueError) as exc:

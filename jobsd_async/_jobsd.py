@@ -316,14 +316,18 @@ class JobsD:
                 self._state = _State.STOPPED
             return
         self._state = _State.STOPPING
-        self.logger.info("jobsd: instance %s going down", self._instance_id, extra={"instance_id": self._instance_id})
+        self.logger.info(
+            "jobsd: instance %s going down", self._instance_id, extra={"instance_id": self._instance_id}
+        )
         try:
             assert self._exit_stack is not None
             await self._exit_stack.aclose()
         finally:
             self._state = _State.STOPPED
             self._chain_changed.notify()
-        self.logger.info("jobsd: instance %s down", self._instance_id, extra={"instance_id": self._instance_id})
+        self.logger.info(
+            "jobsd: instance %s down", self._instance_id, extra={"instance_id": self._instance_id}
+        )
 
     async def __aenter__(self) -> JobsD:
         await self.up()
@@ -413,7 +417,9 @@ class JobsD:
         if request.schedule is not None:
             func = self._schedules.get(request.schedule)
             if func is None:
-                raise UnknownScheduleError(f"schedule {request.schedule!r} is not registered on this instance")
+                raise UnknownScheduleError(
+                    f"schedule {request.schedule!r} is not registered on this instance"
+                )
         if request.schedule is not None and (success_limit is None or success_limit > 0):
             assert func is not None
             base = request.at or self._clock.now() + timedelta(seconds=request.delay)
@@ -422,7 +428,9 @@ class JobsD:
             run_at = due = request.at
         else:
             due = self._clock.now() + timedelta(seconds=request.delay)
-            run_at = dialect.add_seconds(dialect.now(), literal(request.delay)) if request.delay else dialect.now()
+            run_at = (
+                dialect.add_seconds(dialect.now(), literal(request.delay)) if request.delay else dialect.now()
+            )
 
         values = _create.first_row_values(
             instance_id=self.instance_id,

@@ -26,7 +26,6 @@ from ._errors import ScheduleError
 from ._jobs import Job, decode_args, encode_result
 from ._queue import LocalQueue
 from ._schedules import ScheduleFunc, next_tick
-from ._signal import Signal
 from ._store import _claim, _complete, _instances, _read
 from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
@@ -98,7 +97,7 @@ class Runner:
         self._queue.clear()
         await self._drain()
         if self._completions:
-            done, pending = await asyncio.wait(self._completions, timeout=_COMPLETION_DRAIN)
+            _, pending = await asyncio.wait(self._completions, timeout=_COMPLETION_DRAIN)
             for task in pending:
                 task.cancel()
             if pending:
@@ -348,7 +347,11 @@ class Runner:
                     break
                 except DRIVER_ERRORS as exc:
                     self._log.warning(
-                        "jobsd: recording run %s failed, retrying in %.2fs: %s", row.id, delay, exc, extra=extra
+                        "jobsd: recording run %s failed, retrying in %.2fs: %s",
+                        row.id,
+                        delay,
+                        exc,
+                        extra=extra,
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX)
@@ -404,5 +407,3 @@ class Runner:
             lambda conn: _instances.beat(self._store, conn, self._id, counters, shutdown=shutdown)
         )
         self.last_seen_at = self._clock.now()
-
-

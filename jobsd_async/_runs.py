@@ -16,7 +16,7 @@ KILLED_TEXT = "job run killed"
 CANCELLED_TEXT = "job run cancelled"
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Status of the latest row of a run's chain."""
 
     PENDING = "pending"
@@ -116,9 +116,7 @@ class RunState:
     result: Any
     created_at: datetime
     created_by: int
-    _loader: Callable[[int], Awaitable[RunState]] | None = field(
-        default=None, repr=False, compare=False
-    )
+    _loader: Callable[[int], Awaitable[RunState]] | None = field(default=None, repr=False, compare=False)
 
     async def refresh(self) -> RunState:
         """Reload the latest row of the chain into this object and return it."""

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, literal, null, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, literal, null, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import RunRow, Store
@@ -37,7 +37,7 @@ async def poll_due(
         return []
     runs = store.runs
     dialect = store.dialect
-    schedule_ok = runs.c.schedule.is_(None)
+    schedule_ok: ColumnElement[bool] = runs.c.schedule.is_(None)
     if schedules:
         schedule_ok = or_(schedule_ok, runs.c.schedule.in_(list(schedules)))
     stmt = (
@@ -55,9 +55,7 @@ async def poll_due(
     return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
 
 
-async def claim(
-    store: Store, conn: AsyncConnection, *, ids: Sequence[int], instance_id: int
-) -> ClaimResult:
+async def claim(store: Store, conn: AsyncConnection, *, ids: Sequence[int], instance_id: int) -> ClaimResult:
     """Claim the given pending rows for this instance; the caller must not already own any."""
     runs = store.runs
     dialect = store.dialect

@@ -16,9 +16,7 @@ from ._rows import Store
 _MAX_INSERT_ATTEMPTS = 5
 
 
-async def insert_unique(
-    store: Store, conn: AsyncConnection, values: dict[str, Any]
-) -> tuple[int, bool]:
+async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> tuple[int, bool]:
     """Insert a first row unless its name is active; return (run id, inserted).
 
     When a pending or running row already holds ``name_active``, nothing is inserted and the
@@ -36,17 +34,13 @@ async def insert_unique(
 
 async def active_run_id(store: Store, conn: AsyncConnection, name: str) -> int | None:
     runs = store.runs
-    row = (
-        await conn.execute(select(runs.c.id, runs.c.origin_id).where(runs.c.name_active == name))
-    ).first()
+    row = (await conn.execute(select(runs.c.id, runs.c.origin_id).where(runs.c.name_active == name))).first()
     if row is None:
         return None
     return int(row.origin_id if row.origin_id is not None else row.id)
 
 
-async def _insert_if_name_free(
-    store: Store, conn: AsyncConnection, values: dict[str, Any]
-) -> int | None:
+async def _insert_if_name_free(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> int | None:
     runs = store.runs
     dialect = store.dialect
     if dialect.is_postgresql:
@@ -56,7 +50,8 @@ async def _insert_if_name_free(
             .on_conflict_do_nothing(index_elements=[runs.c.name_active])
             .returning(runs.c.id)
         )
-        return (await conn.execute(stmt)).scalar_one_or_none()
+        new_id = (await conn.execute(stmt)).scalar_one_or_none()
+        return None if new_id is None else int(new_id)
     if dialect.is_sqlite:
         result = await conn.execute(
             sqlite.insert(runs).values(values).on_conflict_do_nothing(index_elements=[runs.c.name_active])

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import RowMapping, Table
 
 from ._dialect import Dialect
 from ._schema import Tables
@@ -68,7 +66,7 @@ class RunRow:
         return self.origin_id if self.origin_id is not None else self.id
 
     @classmethod
-    def of(cls, mapping: Mapping[str, Any]) -> RunRow:
+    def of(cls, mapping: RowMapping) -> RunRow:
         return cls(**{name: mapping[name] for name in _FIELDS})
 
 
