@@ -53,7 +53,8 @@ def _is_run_info_annotation(annotation: object) -> bool:
     if annotation is RunInfo:
         return True
     if isinstance(annotation, str):
-        return annotation == "RunInfo" or annotation.endswith(".RunInfo")
+        text = annotation.strip().strip("'\"")  # a quoted annotation under postponed evaluation
+        return text == "RunInfo" or text.endswith(".RunInfo")
     return False
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
 from sqlalchemy import MetaData, literal
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,7 +39,7 @@ from ._creator import RunCreator, RunRequest
 from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError, UnknownScheduleError
 from ._jobs import Job, decode_result, encode_args
 from ._runner import Runner
-from ._runs import InstanceInfo, RunState, RunStatus
+from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import ScheduleFunc, next_tick
 from ._signal import Signal
 from ._store import _create, _instances, _read
@@ -52,6 +52,14 @@ __all__ = ("JobsD",)
 P = ParamSpec("P")
 F = TypeVar("F", bound=Callable[..., Any])
 _WAIT_POLL_MAX = 0.25  # seconds between checks of a chain finishing on another instance
+
+
+class _JobDecorator(Protocol):
+    @overload
+    def __call__(self, func: Callable[Concatenate[RunInfo, P], Any], /) -> Job[P]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, Any], /) -> Job[P]: ...
 
 
 class _State(enum.Enum):
@@ -178,24 +186,53 @@ class JobsD:
 
     # ------------------------------------------------------------------ registration
 
+    @overload
+    def register_job(
+        self,
+        name: str,
+        func: Callable[Concatenate[RunInfo, P], Any],
+        *,
+        run_timeout: Duration | None = ...,
+        retries_error_limit: int | None = ...,
+        retries_timeout_limit: int | None = ...,
+    ) -> Job[P]: ...
+
+    @overload
     def register_job(
         self,
         name: str,
         func: Callable[P, Any],
         *,
+        run_timeout: Duration | None = ...,
+        retries_error_limit: int | None = ...,
+        retries_timeout_limit: int | None = ...,
+    ) -> Job[P]: ...
+
+    def register_job(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        *,
         run_timeout: Duration | None = UNSET,  # type: ignore[assignment]
         retries_error_limit: int | None = UNSET,  # type: ignore[assignment]
         retries_timeout_limit: int | None = UNSET,  # type: ignore[assignment]
-    ) -> Job[P]:
-        """Register ``func`` as job ``name``; options override the instance defaults."""
+    ) -> Job[Any]:
+        """Register ``func`` as job ``name``; options override the instance defaults.
+
+        A first parameter annotated ``RunInfo`` receives the attempt's RunInfo; the
+        returned Job's ``create_run`` takes the remaining parameters.
+        """
         self._require_registering("register_job")
         check_name("job", name)
         if name in self._jobs:
             raise ValueError(f"job {name!r} is already registered")
         options = RunOptions.parse(run_timeout, retries_error_limit, retries_timeout_limit)
-        job: Job[P] = Job(name, func, options.over(self._config.run_defaults), self.create_run)
+        job: Job[Any] = Job(name, func, options.over(self._config.run_defaults), self.create_run)
         self._jobs[name] = job
         return job
+
+    @overload
+    def job(self, func: Callable[Concatenate[RunInfo, P], Any], /) -> Job[P]: ...
 
     @overload
     def job(self, func: Callable[P, Any], /) -> Job[P]: ...
@@ -208,14 +245,14 @@ class JobsD:
         run_timeout: Duration | None = ...,
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
-    ) -> Callable[[Callable[P, Any]], Job[P]]: ...
+    ) -> _JobDecorator: ...
 
     def job(self, name: Any = None, **options: Any) -> Any:
         """Decorator form of :meth:`register_job`; the name defaults to ``func.__qualname__``."""
         if callable(name):
             return self.register_job(name.__qualname__, name)
 
-        def decorate(func: Callable[P, Any]) -> Job[P]:
+        def decorate(func: Callable[..., Any]) -> Job[Any]:
             return self.register_job(name if name is not None else func.__qualname__, func, **options)
 
         return decorate

@@ -28,9 +28,7 @@ SERVER_URLS = {
 }
 ALL_BACKENDS = ("sqlite", "postgresql", "mariadb")
 BACKENDS = tuple(
-    b.strip()
-    for b in os.environ.get("JOBSD_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",")
-    if b.strip()
+    b.strip() for b in os.environ.get("JOBSD_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",") if b.strip()
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -75,8 +73,10 @@ async def engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
             if IN_CI:
                 pytest.fail(f"CI=true and {problem}")
             pytest.skip(problem)
-    engine = create_async_engine(url, pool_size=20, max_overflow=20) if backend != "sqlite" else (
-        create_async_engine(url)
+    engine = (
+        create_async_engine(url, pool_size=20, max_overflow=20)
+        if backend != "sqlite"
+        else (create_async_engine(url))
     )
     try:
         yield engine
@@ -127,3 +127,16 @@ async def eventually(
                 await asyncio.sleep(0.01)
     except TimeoutError:
         pytest.fail(f"{what} did not happen within {timeout}s")
+
+
+async def fetch_runs(jd: JobsD) -> list[dict[str, Any]]:
+    """Every row of the instance's runs table, oldest first, as dicts."""
+    runs = jd.metadata.tables[f"{jd_prefix(jd)}runs"]
+    async with jd.engine.connect() as conn:
+        result = await conn.execute(runs.select().order_by(runs.c.id))
+        return [dict(m) for m in result.mappings()]
+
+
+def jd_prefix(jd: JobsD) -> str:
+    name = next(n for n in jd.metadata.tables if n.endswith("runs"))
+    return name[: -len("runs")]
