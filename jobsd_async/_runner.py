@@ -19,19 +19,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._attempt import Attempt, Ending
-from ._chain import FollowUp, Outcome, plan_follow_up
+from ._chain import Outcome
 from ._clock import DbClock
+from ._completer import Completer
 from ._config import Config
-from ._errors import ScheduleError
 from ._jobs import Job, decode_args, encode_result
 from ._queue import LocalQueue
-from ._schedules import ScheduleFunc, next_tick
-from ._store import _claim, _complete, _instances, _read
+from ._resurrector import Resurrector
+from ._schedules import ScheduleFunc
+from ._store import _claim, _instances, _read
 from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
 
-_RETRY_FIRST = 0.05  # seconds before the first retry of a failed database write
-_RETRY_MAX = 5.0  # seconds, the backoff cap
 _EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
 _COMPLETION_DRAIN = 10.0  # seconds down() waits for completions still being written
 
@@ -58,7 +57,6 @@ class Runner:
         self._jobs = jobs
         self._schedules = schedules
         self._counters = counters
-        self._on_chain_change = on_chain_change
         self._log = config.logger
         self._extra = {"instance_id": instance_id}
         self._queue = LocalQueue()
@@ -74,6 +72,24 @@ class Runner:
         )
         self._stopping = False
         self.last_seen_at: datetime | None = None
+        self._completer = Completer(
+            config=config,
+            store=store,
+            clock=clock,
+            instance_id=instance_id,
+            schedules=schedules,
+            counters=counters,
+            on_follow_up=self.enqueue,
+            on_chain_change=on_chain_change,
+        )
+        self._resurrector = Resurrector(
+            config=config,
+            store=store,
+            completer=self._completer,
+            counters=counters,
+            instance_id=instance_id,
+            is_running_here=self._attempts.__contains__,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -83,6 +99,7 @@ class Runner:
             self._spawn_loop(self._poll_loop(), "jobsd poller")
             self._spawn_loop(self._dispatch_loop(), "jobsd dispatcher")
         self._spawn_loop(self._heartbeat_loop(), "jobsd heartbeat")
+        self._spawn_loop(self._resurrector.loop(), "jobsd timeout checker")
 
     def _spawn_loop(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._loops.append(asyncio.create_task(coro, name=f"{name} #{self._id}"))
@@ -323,73 +340,17 @@ class Runner:
         task.add_done_callback(self._completions.discard)
 
     async def _complete(self, attempt: Attempt, ending: Ending) -> None:
-        row = attempt.row
-        extra = {**self._extra, **attempt.log_extra}
-        follow_up = self._plan(row, ending.outcome)
-        closing = _complete.Closing(
-            error=ending.error, result=ending.result, success=ending.outcome is Outcome.SUCCEEDED
-        )
-        delay = _RETRY_FIRST
         try:
-            while True:
-                try:
-                    done = await self._store.dialect.retrying(
-                        lambda conn: _complete.complete(
-                            self._store,
-                            conn,
-                            row=row,
-                            closing=closing,
-                            follow_up=follow_up,
-                            instance_id=self._id,
-                            owner_id=self._id,
-                        )
-                    )
-                    break
-                except DRIVER_ERRORS as exc:
-                    self._log.warning(
-                        "jobsd: recording run %s failed, retrying in %.2fs: %s",
-                        row.id,
-                        delay,
-                        exc,
-                        extra=extra,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX)
+            recorded = await self._completer.record(attempt.row, ending, owner_id=self._id)
         finally:
-            self._attempts.pop(row.id, None)
-        if done is None:
+            self._attempts.pop(attempt.row.id, None)
+        if not recorded:
             self._log.warning(
                 "jobsd: run %s was already completed elsewhere; discarding its %s ending",
-                row.id,
+                attempt.row.id,
                 ending.outcome.value,
-                extra=extra,
+                extra={**self._extra, **attempt.log_extra},
             )
-            return
-        self._log.debug("jobsd: run %s %s", row.id, ending.outcome.value, extra=extra)
-        if follow_up is not None and done.follow_up_id is not None:
-            if follow_up.rescheduled:
-                self._counters.runs_rescheduled += 1
-            self.enqueue(done.follow_up_id, follow_up.run_at or self._clock.now())
-        self._on_chain_change()
-
-    def _plan(self, row: RunRow, outcome: Outcome) -> FollowUp | None:
-        def tick() -> datetime:
-            assert row.schedule is not None
-            func = self._schedules.get(row.schedule)
-            if func is None:
-                raise ScheduleError(f"schedule {row.schedule!r} is not registered on this instance")
-            return next_tick(row.schedule, func, self._clock.now())
-
-        try:
-            return plan_follow_up(row, outcome, tick)
-        except ScheduleError as exc:
-            self._log.error(
-                "jobsd: run %s: %s; its chain ends here",
-                row.id,
-                exc,
-                extra={**self._extra, "run_id": row.run_id, "job": row.job},
-            )
-            return None
 
     # ---------------------------------------------------------------- heartbeat
 

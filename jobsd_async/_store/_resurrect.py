@@ -1,0 +1,46 @@
+"""The timeout scan: running rows whose deadline passed or whose owner is gone."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import ColumnElement, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ._rows import RunRow, Store
+
+# An owner not seen for this many of its own heartbeat intervals is taken for dead.
+MISSED_BEATS = 3
+
+
+async def find_orphans(
+    store: Store, conn: AsyncConnection, *, schedules: Collection[str], limit: int
+) -> list[RunRow]:
+    """Running rows past ``run_timeout_at``, or whose owner died or shut down, oldest first.
+
+    Rows with a schedule this instance does not know are left for an instance that does.
+    """
+    runs, instances, dialect = store.runs, store.instances, store.dialect
+    now = dialect.now()
+    owner_gone = or_(
+        instances.c.id.is_(None),
+        instances.c.shutdown_at.is_not(None),
+        dialect.add_seconds(instances.c.last_seen_at, instances.c.heartbeat_interval * literal(MISSED_BEATS))
+        < now,
+    )
+    schedule_ok: ColumnElement[bool] = runs.c.schedule.is_(None)
+    if schedules:
+        schedule_ok = or_(schedule_ok, runs.c.schedule.in_(list(schedules)))
+    stmt = (
+        select(runs)
+        .select_from(runs.outerjoin(instances, instances.c.id == runs.c.run_started_by))
+        .where(
+            runs.c.run_completed_at.is_(None),
+            runs.c.run_started_at.is_not(None),
+            or_(runs.c.run_timeout_at <= now, owner_gone),
+            schedule_ok,
+        )
+        .order_by(runs.c.id)
+        .limit(limit)
+    )
+    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
