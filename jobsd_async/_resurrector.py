@@ -53,12 +53,16 @@ class Resurrector:
         """One scan; returns how many rows this instance resurrected."""
         async with self._store.dialect.reading() as conn:
             rows = await _resurrect.find_orphans(
-                self._store, conn, schedules=self._completer.schedule_names, limit=self._config.poll_limit
+                self._store,
+                conn,
+                schedules=self._completer.schedule_names,
+                limit=self._config.poll_limit,
+                instance_id=self._id,
             )
         taken = 0
         ending = Ending(Outcome.TIMED_OUT, Outcome.TIMED_OUT.error_text())
         for row in rows:
-            # Our own live attempts time out through their local timer.
+            # Our own live attempts (and claims in flight) time out through their local timer.
             if self._is_running_here(row.id):
                 continue
             assert row.run_started_by is not None

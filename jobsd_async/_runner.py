@@ -61,6 +61,7 @@ class Runner:
         self._extra = {"instance_id": instance_id}
         self._queue = LocalQueue()
         self._attempts: dict[int, Attempt] = {}  # by row id, until the completion is written
+        self._claiming: set[int] = set()  # row ids of the claim in flight
         self._busy = 0
         self._wakeup = asyncio.Event()
         self._poll_now = asyncio.Event()
@@ -88,7 +89,7 @@ class Runner:
             completer=self._completer,
             counters=counters,
             instance_id=instance_id,
-            is_running_here=self._attempts.__contains__,
+            is_running_here=self._is_tracked,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -156,6 +157,9 @@ class Runner:
             return
         if self._queue.push(row_id, due):
             self._wakeup.set()
+
+    def _is_tracked(self, row_id: int) -> bool:
+        return row_id in self._attempts or row_id in self._claiming
 
     def is_runnable_here(self, job: str) -> bool:
         return self._config.workers > 0 and job in self._jobs
@@ -237,11 +241,15 @@ class Runner:
         ids = [i for i in ids if i not in self._attempts]
         if not ids:
             return
+        self._claiming.update(ids)
         try:
             claimed = await self._store.dialect.retrying(
                 lambda conn: _claim.claim(self._store, conn, ids=ids, instance_id=self._id)
             )
         except DRIVER_ERRORS as exc:
+            # The claim may have committed before the error: such rows are ours but not
+            # running; the resurrector finds them (rows of ours that we do not track).
+            self._claiming.difference_update(ids)
             self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
             retry_at = self._clock.now() + timedelta(seconds=1)
             for row_id in ids:
@@ -252,6 +260,7 @@ class Runner:
         for row in claimed.won:
             self._counters.runs_started += 1
             self._start(row)
+        self._claiming.difference_update(ids)
 
     def _start(self, row: RunRow) -> None:
         job = self._jobs[row.job]

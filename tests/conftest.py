@@ -63,8 +63,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    url = backend_url(backend, tmp_path)
+def database_url(backend: str, tmp_path: Path) -> str:
+    """The URL the test's engine uses, for worker processes that must share its database."""
+    return backend_url(backend, tmp_path)
+
+
+@pytest.fixture
+async def engine(backend: str, database_url: str) -> AsyncIterator[AsyncEngine]:
+    url = database_url
     if backend != "sqlite":
         if backend not in _reachable:
             _reachable[backend] = await _probe(backend, url)

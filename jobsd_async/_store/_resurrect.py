@@ -14,10 +14,12 @@ MISSED_BEATS = 3
 
 
 async def find_orphans(
-    store: Store, conn: AsyncConnection, *, schedules: Collection[str], limit: int
+    store: Store, conn: AsyncConnection, *, schedules: Collection[str], limit: int, instance_id: int
 ) -> list[RunRow]:
     """Running rows past ``run_timeout_at``, or whose owner died or shut down, oldest first.
 
+    Rows owned by ``instance_id`` itself are returned too: a claim whose answer was lost
+    in a database fault leaves such a row, and the caller skips the ones it is running.
     Rows with a schedule this instance does not know are left for an instance that does.
     """
     runs, instances, dialect = store.runs, store.instances, store.dialect
@@ -37,7 +39,7 @@ async def find_orphans(
         .where(
             runs.c.run_completed_at.is_(None),
             runs.c.run_started_at.is_not(None),
-            or_(runs.c.run_timeout_at <= now, owner_gone),
+            or_(runs.c.run_timeout_at <= now, owner_gone, runs.c.run_started_by == instance_id),
             schedule_ok,
         )
         .order_by(runs.c.id)
