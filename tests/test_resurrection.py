@@ -100,13 +100,13 @@ async def test_run_past_its_deadline_is_resurrected_even_if_its_owner_lives(make
 
 
 async def test_live_owner_within_deadline_is_left_alone(make_jobsd: MakeJobsD) -> None:
-    owner = make_jobsd(timeout_check=3600, heartbeat_interval=0.1)
+    owner = make_jobsd(timeout_check=3600, heartbeat_interval=0.5)
     owner.register_job("work", lambda: None)
     checker = resurrecting(make_jobsd)
     checker.register_job("work", lambda: None)
     async with owner, checker:
         row_id = await insert_running_row(checker, job="work", owner=owner.instance_id)
-        await asyncio.sleep(1.0)  # several timeout checks and missed-beat windows pass
+        await asyncio.sleep(2.0)  # many timeout checks, and more than one missed-beat window
         state = await checker.get_run_state(row_id)
     assert state.status is RunStatus.RUNNING
     assert checker.instance.runs_timed_out_res == 0

@@ -1,0 +1,190 @@
+"""The examples work: the quickstart script, the FastAPI app and the aiohttp app (on SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp.test_utils import TestClient as AiohttpClient
+from aiohttp.test_utils import TestServer
+from fastapi import FastAPI
+
+from jobsd_async import JobsD
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import aiohttp_app  # noqa: E402
+import fastapi_app  # noqa: E402
+
+WAIT = 20.0  # seconds: the most a run of the example apps may take to finish
+
+
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'example.db'}"
+
+
+def test_quickstart_runs_and_exits_by_itself() -> None:
+    started = time.monotonic()
+    # The package may be importable only from the checkout (not installed): pass it along.
+    pythonpath = os.pathsep.join(filter(None, [str(EXAMPLES.parent), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{proc.stderr}"
+    assert elapsed < 60
+    for line in (
+        "is up",
+        "announce: now: the time is",
+        "checksum: running in thread 'jobsd-",
+        "flaky: attempt 1 fails on purpose",
+        "flaky: attempt 2 succeeds (retry 1)",
+        "success 3 of 3",
+        "(same: True)",
+        "announce: 3 s later",
+        "all runs finished:",
+        "instance is down",
+    ):
+        assert line in out, f"{line!r} missing from the quickstart's output:\n{out}"
+    assert "success 4 of 3" not in out
+    summary = out[out.index("all runs finished:") :]
+    assert summary.count(": succeeded ") == 7, summary
+    assert "Traceback" not in out + proc.stderr
+
+
+# ---------------------------------------------------------------------------- FastAPI
+
+
+@asynccontextmanager
+async def fastapi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling ``app`` in-process, with the app's lifespan running around it.
+
+    (Not ``starlette.testclient.TestClient``: recent Starlette warns when it is used with httpx.)
+    """
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+async def wait_for_state(client: httpx.AsyncClient, run_id: int) -> dict[str, Any]:
+    """Poll ``GET /runs/{run_id}`` until the run has finished; fail after WAIT seconds."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                response = await client.get(f"/runs/{run_id}")
+                assert response.status_code == 200, response.text
+                state: dict[str, Any] = response.json()
+                if state["finished"]:
+                    return state
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"run {run_id} did not finish within {WAIT}s")
+
+
+async def test_fastapi_app_creates_and_reports_runs(tmp_path: Path) -> None:
+    app = fastapi_app.create_app(sqlite_url(tmp_path))
+    async with fastapi_client(app) as client:
+        assert isinstance(app.state.jd, JobsD)
+        response = await client.post("/jobs/add", json={"args": [2, 3]})
+        assert response.status_code == 201, response.text
+        run_id = response.json()["run_id"]
+        assert isinstance(run_id, int)
+
+        state = await wait_for_state(client, run_id)
+        assert state["status"] == "succeeded"
+        assert state["result"] == 5
+        assert state["run_id"] == run_id
+        assert state["job"] == "add"
+        assert state["attempts"] == 1
+
+        # A body is optional when the job's parameters have defaults.
+        response = await client.post("/jobs/announce")
+        assert response.status_code == 201, response.text
+        state = await wait_for_state(client, response.json()["run_id"])
+        assert state["status"] == "succeeded"
+        assert state["result"].startswith("hello: the time is")
+
+
+async def test_fastapi_app_rejects_bad_requests(tmp_path: Path) -> None:
+    app = fastapi_app.create_app(sqlite_url(tmp_path))
+    async with fastapi_client(app) as client:
+        assert (await client.post("/jobs/no-such-job")).status_code == 404
+        assert (await client.post("/jobs/add", json={"args": [1]})).status_code == 422
+        assert (await client.get("/runs/999")).status_code == 404
+
+
+async def test_fastapi_app_reads_the_database_url_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBSD_DATABASE_URL", sqlite_url(tmp_path))
+    async with fastapi_client(fastapi_app.create_app()) as client:
+        response = await client.post("/jobs/add", json={"kwargs": {"a": 1, "b": 1}})
+        assert response.status_code == 201, response.text
+        assert (await wait_for_state(client, response.json()["run_id"]))["result"] == 2
+    assert (tmp_path / "example.db").exists()
+
+
+# ---------------------------------------------------------------------------- aiohttp
+
+
+async def poll_state(client: AiohttpClient[Any, Any], run_id: int) -> dict[str, Any]:
+    """Poll ``GET /runs/{run_id}`` until the run has finished; fail after WAIT seconds."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                response = await client.get(f"/runs/{run_id}")
+                assert response.status == 200, await response.text()
+                state: dict[str, Any] = await response.json()
+                if state["finished"]:
+                    return state
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"run {run_id} did not finish within {WAIT}s")
+
+
+async def test_aiohttp_app_creates_and_reports_runs(tmp_path: Path) -> None:
+    app = aiohttp_app.create_app(sqlite_url(tmp_path))
+    async with AiohttpClient(TestServer(app)) as client:
+        response = await client.post("/jobs/sleep", json={"args": [0.1]})
+        assert response.status == 201, await response.text()
+        run_id = (await response.json())["run_id"]
+        assert isinstance(run_id, int)
+
+        state = await poll_state(client, run_id)
+        assert state["status"] == "succeeded"
+        assert state["result"] == 0.1
+        assert state["run_id"] == run_id
+        assert state["started_at"] is not None
+        assert state["completed_at"] is not None
+
+        response = await client.post("/jobs/add", json={"kwargs": {"a": 40, "b": 2}})
+        assert response.status == 201, await response.text()
+        state = await poll_state(client, (await response.json())["run_id"])
+        assert state["result"] == 42
+
+
+async def test_aiohttp_app_rejects_bad_requests(tmp_path: Path) -> None:
+    app = aiohttp_app.create_app(sqlite_url(tmp_path))
+    async with AiohttpClient(TestServer(app)) as client:
+        assert (await client.post("/jobs/no-such-job")).status == 404
+        assert (await client.post("/jobs/add", json={"args": [1]})).status == 422
+        assert (await client.post("/jobs/add", data=b"not json")).status == 400
+        assert (await client.get("/runs/999")).status == 404
+        assert (await client.get("/runs/abc")).status == 400
