@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import BACKENDS
 from faultproxy import FaultProxy
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -26,9 +27,7 @@ OUTAGE = 3.0  # seconds
 
 
 @pytest.fixture
-async def proxy(backend: str, database_url: str, engine: AsyncEngine) -> AsyncIterator[FaultProxy]:
-    if backend == "sqlite":
-        pytest.skip("SQLite has no connection to cut")
+async def proxy(database_url: str, engine: AsyncEngine) -> AsyncIterator[FaultProxy]:
     parts = urlsplit(database_url)
     proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 0)
     await proxy.start()
@@ -38,6 +37,7 @@ async def proxy(backend: str, database_url: str, engine: AsyncEngine) -> AsyncIt
         await proxy.close()
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
 async def test_outage_during_load_loses_and_doubles_nothing(
     proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str
 ) -> None:
