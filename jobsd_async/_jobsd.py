@@ -42,7 +42,7 @@ from ._runner import Runner
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import ScheduleFunc, next_tick
 from ._signal import Signal
-from ._store import _create, _instances, _read
+from ._store import _cancel, _create, _instances, _read
 from ._store._dialect import Dialect, wrap_errors
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
@@ -525,6 +525,29 @@ class JobsD:
             created_by=row.created_by,
             _loader=self.get_run_state,
         )
+
+    async def cancel_run(self, run_id: int) -> bool:
+        """Cancel the run's chain, wherever it is; False if the chain had already finished.
+
+        A pending row is closed with ``job run cancelled`` and gets no follow-up.  A running
+        row gets ``RunInfo.cancel`` on the instance running it (at once here, within that
+        instance's ``heartbeat_interval`` elsewhere), then a task cancel after
+        ``cancel_grace``; it is recorded as cancelled whatever the job does afterwards.
+        """
+        store, runner = self._require_started()
+        outcome, row = await wrap_errors(
+            store.dialect.retrying(lambda conn: _cancel.request_cancel(store, conn, run_id)),
+            "cancelling a run",
+        )
+        if outcome is _cancel.CancelOutcome.NOT_FOUND:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        if outcome is _cancel.CancelOutcome.ALREADY_FINISHED:
+            return False
+        assert row is not None
+        if outcome is _cancel.CancelOutcome.FLAGGED_RUNNING and row.run_started_by == self.instance_id:
+            runner.cancel_local(row.id)
+        self._chain_changed.notify()
+        return True
 
     async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""

@@ -27,7 +27,7 @@ from ._jobs import Job, decode_args, encode_result
 from ._queue import LocalQueue
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
-from ._store import _claim, _instances, _read
+from ._store import _cancel, _claim, _instances, _read
 from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
 
@@ -322,14 +322,25 @@ class Runner:
             return None
 
     def _on_timeout(self, attempt: Attempt) -> None:
-        if not self._end(attempt, Ending(Outcome.TIMED_OUT, Outcome.TIMED_OUT.error_text())):
-            return
-        self._log.warning(
-            "jobsd: run %s timed out", attempt.row.id, extra={**self._extra, **attempt.log_extra}
-        )
+        if self._stop(attempt, Outcome.TIMED_OUT):
+            self._log.warning(
+                "jobsd: run %s timed out", attempt.row.id, extra={**self._extra, **attempt.log_extra}
+            )
+
+    def cancel_local(self, row_id: int) -> None:
+        """Stop an attempt running here whose chain ``cancel_run`` cancelled."""
+        attempt = self._attempts.get(row_id)
+        if attempt is not None and self._stop(attempt, Outcome.CANCELLED):
+            self._log.info("jobsd: run %s cancelled", row_id, extra={**self._extra, **attempt.log_extra})
+
+    def _stop(self, attempt: Attempt, outcome: Outcome) -> bool:
+        """End the attempt now (setting RunInfo.cancel); cancel its task after ``cancel_grace``."""
+        if not self._end(attempt, Ending(outcome, outcome.error_text())):
+            return False
         task = attempt.task
         if task is not None and not task.done():
             asyncio.get_running_loop().call_later(self._config.cancel_grace, task.cancel)
+        return True
 
     def _end(self, attempt: Attempt, ending: Ending) -> bool:
         if not attempt.end(ending):
@@ -368,8 +379,19 @@ class Runner:
             await asyncio.sleep(self._config.heartbeat_interval)
             try:
                 await self.beat()
+                await self._check_cancels()
             except DRIVER_ERRORS as exc:
                 self._log.warning("jobsd: heartbeat failed: %s", exc, extra=self._extra)
+
+    async def _check_cancels(self) -> None:
+        """Stop attempts running here whose chain was cancelled from another instance."""
+        running = [row_id for row_id, a in self._attempts.items() if a.ending is None]
+        if not running:
+            return
+        async with self._store.dialect.reading() as conn:
+            flagged = await _cancel.cancel_requested(self._store, conn, running)
+        for row_id in flagged:
+            self.cancel_local(row_id)
 
     async def beat(self, *, shutdown: bool = False) -> None:
         counters = dataclasses.replace(self._counters)

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._chain import FollowUp
+from .._runs import CANCELLED_TEXT
 from ._rows import RunRow, Store
 
 
@@ -32,6 +33,7 @@ class Completed:
     """A row was closed; ``follow_up_id`` is the row that continues its chain, if any."""
 
     follow_up_id: int | None
+    cancelled: bool = False
 
 
 async def complete(
@@ -42,22 +44,24 @@ async def complete(
     closing: Closing,
     follow_up: FollowUp | None,
     instance_id: int,
-    owner_id: int | None,
+    owner_id: int,
 ) -> Completed | None:
     """Close ``row`` and insert ``follow_up``.
 
-    Returns None when the row was no longer open (or no longer ``owner_id``'s): nothing is
-    written.  Otherwise the follow-up's id, which is None when the chain ended.
-    ``owner_id`` None skips the owner check (resurrection of another instance's row).
+    Returns None when the row was no longer open or no longer ``owner_id``'s: nothing is
+    written.  A row whose chain a ``cancel_run`` asked to stop is closed as cancelled,
+    whatever ``closing`` says, and gets no follow-up.
     """
     runs = store.runs
     now = store.dialect.now()
-    conditions = [runs.c.id == row.id, runs.c.run_completed_at.is_(None)]
-    if owner_id is not None:
-        conditions.append(runs.c.run_started_by == owner_id)
+    open_and_owned = (
+        runs.c.id == row.id,
+        runs.c.run_completed_at.is_(None),
+        runs.c.run_started_by == owner_id,
+    )
     result = await conn.execute(
         update(runs)
-        .where(*conditions)
+        .where(*open_and_owned, runs.c.cancel_requested_at.is_(None))
         .values(
             run_completed_at=now,
             run_completed_error=closing.error,
@@ -67,7 +71,12 @@ async def complete(
         )
     )
     if result.rowcount != 1:
-        return None
+        cancelled = await conn.execute(
+            update(runs)
+            .where(*open_and_owned, runs.c.cancel_requested_at.is_not(None))
+            .values(run_completed_at=now, run_completed_error=CANCELLED_TEXT, name_active=None)
+        )
+        return Completed(follow_up_id=None, cancelled=True) if cancelled.rowcount == 1 else None
     if follow_up is None:
         return Completed(follow_up_id=None)
     values = follow_up_values(row, follow_up, instance_id=instance_id, now=now)
