@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._config import (
     Duration,
@@ -40,8 +42,12 @@ class RunRequest:
     at: datetime | None = None
 
 
+Conn: TypeAlias = AsyncConnection | AsyncSession
+"""A caller's connection or session: the run is inserted in its transaction."""
+
+
 class Submitter(Protocol):
-    async def __call__(self, request: RunRequest) -> int: ...
+    async def __call__(self, request: RunRequest, conn: Conn | None) -> int: ...
 
 
 class RunCreator:
@@ -97,27 +103,33 @@ class RunCreator:
         self._request = replace(self._request, limit=to_count("limit", successes, minimum=0))
         return self
 
-    async def run(self) -> int:
-        """Submit the run: due now, or at the schedule's first tick."""
-        return await self._once(self._request)
+    async def run(self, *, conn: Conn | None = None) -> int:
+        """Submit the run: due now, or at the schedule's first tick.
 
-    async def run_after(self, delay: Duration) -> int:
+        With ``conn`` (an ``AsyncConnection`` or ``AsyncSession``), the row is inserted in
+        the caller's transaction and runs only if that transaction commits.
+        """
+        return await self._once(self._request, conn)
+
+    async def run_after(self, delay: Duration, *, conn: Conn | None = None) -> int:
         """Submit the run, due after ``delay`` (then at the next schedule tick if scheduled)."""
         seconds = to_seconds("delay", delay)
         assert seconds is not None
-        return await self._once(replace(self._request, delay=seconds))
+        return await self._once(replace(self._request, delay=seconds), conn)
 
-    async def run_at(self, when: datetime) -> int:
+    async def run_at(self, when: datetime, *, conn: Conn | None = None) -> int:
         """Submit the run, due at ``when`` (timezone-aware)."""
         if not isinstance(when, datetime):
             raise TypeError(f"when must be a datetime, got {when!r}")
         if when.tzinfo is None or when.utcoffset() is None:
             raise ValueError(f"when must be timezone-aware, got naive {when!r}")
-        return await self._once(replace(self._request, at=when))
+        return await self._once(replace(self._request, at=when), conn)
 
-    async def _once(self, request: RunRequest) -> int:
+    async def _once(self, request: RunRequest, conn: Conn | None) -> int:
         if self._submitted:
             raise JobsDStateError("this RunCreator was already submitted; call create_run() again")
-        run_id = await self._submit(request)
+        if conn is not None and not isinstance(conn, AsyncConnection | AsyncSession):
+            raise TypeError(f"conn must be an AsyncConnection or AsyncSession, got {conn!r}")
+        run_id = await self._submit(request, conn)
         self._submitted = True
         return run_id

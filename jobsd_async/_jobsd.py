@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
-from sqlalchemy import MetaData, literal
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import MetaData, event, literal
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ._clock import Clock, DbClock, system_clock
 from ._config import (
@@ -35,7 +35,7 @@ from ._config import (
     check_name,
     to_seconds,
 )
-from ._creator import RunCreator, RunRequest
+from ._creator import Conn, RunCreator, RunRequest
 from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError, UnknownScheduleError
 from ._jobs import Job, decode_result, encode_args
 from ._runner import Runner
@@ -48,6 +48,15 @@ from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
 
 __all__ = ("JobsD",)
+
+
+def on_commit(conn: Conn, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the caller's transaction on ``conn`` commits."""
+    if isinstance(conn, AsyncSession):
+        event.listen(conn.sync_session, "after_commit", lambda _session: callback(), once=True)
+    else:
+        event.listen(conn.sync_connection, "commit", lambda _conn: callback(), once=True)
+
 
 P = ParamSpec("P")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -440,7 +449,7 @@ class JobsD:
             raise UnknownJobError(f"job {name!r} is not registered on this instance")
         return found
 
-    async def _submit(self, request: RunRequest) -> int:
+    async def _submit(self, request: RunRequest, conn: Conn | None) -> int:
         store, runner = self._require_started()
         job = self._resolve_job(request.job)
         job.contract.check_args(job.name, request.args, request.kwargs)
@@ -484,11 +493,20 @@ class JobsD:
             retries_on_timeout_limit=options.retries_timeout_limit,  # type: ignore[arg-type]
             schedule=request.schedule,
         )
+        if conn is None:
+            run_id, inserted = await wrap_errors(
+                dialect.retrying(lambda c: _create.insert_unique(store, c, values)), "creating a run"
+            )
+            if inserted and runner.is_runnable_here(job.name):
+                runner.enqueue(run_id, due)
+            return run_id
+        connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
         run_id, inserted = await wrap_errors(
-            dialect.retrying(lambda conn: _create.insert_unique(store, conn, values)), "creating a run"
+            _create.insert_unique(store, connection, values), "creating a run in the caller's transaction"
         )
         if inserted and runner.is_runnable_here(job.name):
-            runner.enqueue(run_id, due)
+            # The row exists only once the caller commits; queue it then, not before.
+            on_commit(conn, lambda: runner.enqueue(run_id, due))
         return run_id
 
     async def get_run_state(self, run_id: int) -> RunState:
