@@ -224,9 +224,9 @@ class Runner:
             timeout: float | None = None
             if free > 0:
                 now = self._clock.now()
-                ids = self._queue.pop_due(now, free)
+                ids = self._queue.pop_due(now, self._config.poll_limit)
                 if ids:
-                    await self._claim_and_start(ids)
+                    await self._claim_and_start(ids, free)
                     continue
                 head = self._queue.next_due()
                 if head is not None:
@@ -237,14 +237,14 @@ class Runner:
             except TimeoutError:
                 pass
 
-    async def _claim_and_start(self, ids: list[int]) -> None:
+    async def _claim_and_start(self, ids: list[int], free: int) -> None:
         ids = [i for i in ids if i not in self._attempts]
         if not ids:
             return
         self._claiming.update(ids)
         try:
             claimed = await self._store.dialect.retrying(
-                lambda conn: _claim.claim(self._store, conn, ids=ids, instance_id=self._id)
+                lambda conn: _claim.claim(self._store, conn, ids=ids, limit=free, instance_id=self._id)
             )
         except DRIVER_ERRORS as exc:
             # The claim may have committed before the error: such rows are ours but not
@@ -255,8 +255,9 @@ class Runner:
             for row_id in ids:
                 self.enqueue(row_id, retry_at)
             return
-        for row_id, _run_at in claimed.early:
-            self.enqueue(row_id, self._clock.now() + _EARLY_RETRY)
+        retry_at = self._clock.now() + _EARLY_RETRY
+        for row_id, run_at in claimed.pending:
+            self.enqueue(row_id, max(run_at, retry_at))
         for row in claimed.won:
             self._counters.runs_started += 1
             self._start(row)

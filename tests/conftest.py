@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD
@@ -114,8 +115,21 @@ async def make_jobsd(engine: AsyncEngine, table_prefix: str) -> AsyncIterator[Ma
     finally:
         await asyncio.gather(*(jd.down() for jd in made), return_exceptions=True)
         if made:
+            await _drop_tables(engine, made[0])
+
+
+async def _drop_tables(engine: AsyncEngine, jd: JobsD) -> None:
+    # SQLite refuses DDL for a moment while a connection just returned to the pool still
+    # holds its read snapshot; try a few times before calling it a failure.
+    for attempt in range(10):
+        try:
             async with engine.begin() as conn:
-                await conn.run_sync(made[0].metadata.drop_all)
+                await conn.run_sync(jd.metadata.drop_all)
+            return
+        except OperationalError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def eventually(

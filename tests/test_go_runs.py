@@ -85,12 +85,12 @@ async def test_runnable_lock(make_jobsd: MakeJobsD) -> None:
 
     store = jd._require_store()
     first = await store.dialect.retrying(
-        lambda conn: _claim.claim(store, conn, ids=[r0], instance_id=jd.instance_id)
+        lambda conn: _claim.claim(store, conn, ids=[r0], limit=1, instance_id=jd.instance_id)
     )
     assert [row.id for row in first.won] == [r0]
     assert first.won[0].run_started_by == jd.instance_id
     second = await store.dialect.retrying(
-        lambda conn: _claim.claim(store, conn, ids=[r0], instance_id=other.instance_id)
+        lambda conn: _claim.claim(store, conn, ids=[r0], limit=1, instance_id=other.instance_id)
     )
     assert second.won == []
 

@@ -19,8 +19,9 @@ from ._rows import RunRow, Store
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     won: list[RunRow]
-    # Rows still pending but not yet due by the database clock: try again at run_at.
-    early: list[tuple[int, datetime]]
+    # Candidates still pending: beyond the limit, not yet due by the database clock, or
+    # locked by another claimer.  Worth trying again; the rest were taken or closed.
+    pending: list[tuple[int, datetime]]
 
 
 async def poll_due(
@@ -55,28 +56,45 @@ async def poll_due(
     return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
 
 
-async def claim(store: Store, conn: AsyncConnection, *, ids: Sequence[int], instance_id: int) -> ClaimResult:
-    """Claim the given pending rows for this instance; the caller must not already own any."""
+async def claim(
+    store: Store, conn: AsyncConnection, *, ids: Sequence[int], limit: int, instance_id: int
+) -> ClaimResult:
+    """Claim up to ``limit`` of the given rows that are still pending and due, soonest first.
+
+    The candidates may be stale (taken by others since they were polled); one statement
+    skips those, so a crowd of instances does not pay a round trip per stale row.  The
+    caller must not already own any of them.
+    """
     runs = store.runs
     dialect = store.dialect
     now = dialect.now()
-    stmt = (
-        update(runs)
-        .where(
-            runs.c.id.in_(list(ids)),
-            runs.c.run_started_at.is_(None),
-            runs.c.run_completed_at.is_(None),
-            runs.c.run_at <= now,
-        )
-        .values(
-            run_started_at=now,
-            run_started_by=instance_id,
-            run_total_count=runs.c.run_total_count + 1,
-            run_timeout_at=case(
-                (runs.c.run_timeout.is_(None), null()),
-                else_=dialect.add_seconds(now, runs.c.run_timeout),
-            ),
-        )
+    claimable = (
+        runs.c.id.in_(list(ids)),
+        runs.c.run_started_at.is_(None),
+        runs.c.run_completed_at.is_(None),
+        runs.c.run_at <= now,
+    )
+    stmt = update(runs)
+    if dialect.is_mysql:
+        # MySQL cannot select from the table it updates; it has UPDATE ... LIMIT instead.
+        stmt = stmt.where(*claimable).with_dialect_options(mysql_limit=limit)
+    else:
+        chosen = select(runs.c.id).where(*claimable).order_by(runs.c.run_at, runs.c.id).limit(limit)
+        if dialect.is_postgresql:
+            # Materialised, so the planner cannot re-run the SKIP LOCKED pick per outer row
+            # (which could pick more than ``limit`` rows).
+            picked = chosen.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+            stmt = stmt.where(*claimable, runs.c.id.in_(select(picked.c.id)))
+        else:
+            stmt = stmt.where(*claimable, runs.c.id.in_(chosen.scalar_subquery()))
+    stmt = stmt.values(
+        run_started_at=now,
+        run_started_by=instance_id,
+        run_total_count=runs.c.run_total_count + 1,
+        run_timeout_at=case(
+            (runs.c.run_timeout.is_(None), null()),
+            else_=dialect.add_seconds(now, runs.c.run_timeout),
+        ),
     )
     if dialect.update_returning:
         won = [RunRow.of(m) for m in (await conn.execute(stmt.returning(runs))).mappings()]
@@ -96,7 +114,7 @@ async def claim(store: Store, conn: AsyncConnection, *, ids: Sequence[int], inst
         ]
     won_ids = {r.id for r in won}
     lost = [i for i in ids if i not in won_ids]
-    early: list[tuple[int, datetime]] = []
+    pending: list[tuple[int, datetime]] = []
     if lost:
         rows = await conn.execute(
             select(runs.c.id, runs.c.run_at).where(
@@ -107,5 +125,5 @@ async def claim(store: Store, conn: AsyncConnection, *, ids: Sequence[int], inst
                 )
             )
         )
-        early = [(int(r.id), r.run_at) for r in rows]
-    return ClaimResult(won=won, early=early)
+        pending = [(int(r.id), r.run_at) for r in rows]
+    return ClaimResult(won=won, pending=pending)

@@ -88,9 +88,10 @@ class Dialect:
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction on a pooled connection: committed on success, else rolled back."""
         async with self.engine.connect() as conn:
-            if self.is_sqlite:
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
+                if self.is_sqlite:
+                    # Inside the try: a cancel that lands while BEGIN runs must still roll back.
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
             except BaseException:
                 await asyncio.shield(conn.rollback())
