@@ -107,9 +107,10 @@ async def test_negative_delay(jd: JobsD) -> None:
 
 async def test_submitting_twice_raises(jd: JobsD) -> None:
     creator = jd.create_run("add", 1, 2)
-    await creator.run()
+    run_id = await creator.run()
     with pytest.raises(JobsDStateError, match="already submitted"):
         await creator.run_after(1)
+    await jd.wait_for_run(run_id, timeout=10)
     assert len(await fetch_runs(jd)) == 1
 
 
