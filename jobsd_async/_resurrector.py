@@ -16,6 +16,7 @@ from ._attempt import Ending
 from ._chain import Outcome
 from ._completer import Completer
 from ._config import Config
+from ._signal import wait_event
 from ._store import _resurrect
 from ._store._dialect import DRIVER_ERRORS
 from ._store._instances import Counters
@@ -32,6 +33,7 @@ class Resurrector:
         counters: Counters,
         instance_id: int,
         is_running_here: Callable[[int], bool],
+        stop: asyncio.Event,
     ) -> None:
         self._config = config
         self._store = store
@@ -39,15 +41,17 @@ class Resurrector:
         self._counters = counters
         self._id = instance_id
         self._is_running_here = is_running_here
+        self._stop = stop
         self._log = config.logger
 
     async def loop(self) -> None:
-        while True:
+        """Scan every ``timeout_check`` until ``stop`` is set."""
+        while not self._stop.is_set():
             try:
                 await self.pass_once()
             except DRIVER_ERRORS as exc:
                 self._log.warning("jobsd: timeout check failed: %s", exc, extra={"instance_id": self._id})
-            await asyncio.sleep(self._config.timeout_check)
+            await wait_event(self._stop, self._config.timeout_check)
 
     async def pass_once(self) -> int:
         """One scan; returns how many rows this instance resurrected."""

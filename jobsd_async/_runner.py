@@ -27,12 +27,14 @@ from ._jobs import Job, decode_args, encode_result
 from ._queue import LocalQueue
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
+from ._signal import wait_event
 from ._store import _cancel, _claim, _instances, _read
 from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
 
 _EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
 _COMPLETION_DRAIN = 10.0  # seconds down() waits for completions still being written
+_LOOPS_STOP = 10.0  # seconds down() waits for the loops to finish their current step
 
 
 class Runner:
@@ -71,7 +73,9 @@ class Runner:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, config.workers), thread_name_prefix=f"jobsd-{instance_id}"
         )
-        self._stopping = False
+        # Loops end at their next wait once this is set: cancelling them mid-statement could
+        # leave a pooled connection in an open transaction (and SQLite's lock with it).
+        self._stopping = asyncio.Event()
         self.last_seen_at: datetime | None = None
         self._completer = Completer(
             config=config,
@@ -90,6 +94,7 @@ class Runner:
             counters=counters,
             instance_id=instance_id,
             is_running_here=self._is_tracked,
+            stop=self._stopping,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -107,8 +112,11 @@ class Runner:
 
     async def stop(self) -> None:
         """Stop taking work, drain running jobs, kill what is left, flush completions."""
-        self._stopping = True
-        for task in self._loops:
+        self._stopping.set()
+        self._wakeup.set()
+        self._poll_now.set()
+        _, stuck = await asyncio.wait(self._loops, timeout=_LOOPS_STOP)
+        for task in stuck:  # e.g. a resurrection retrying against an unreachable database
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
@@ -153,7 +161,7 @@ class Runner:
 
     def enqueue(self, row_id: int, due: datetime) -> None:
         """Offer a pending row to this instance's dispatcher."""
-        if self._stopping or self._config.workers == 0 or row_id in self._attempts:
+        if self._stopping.is_set() or self._config.workers == 0 or row_id in self._attempts:
             return
         if self._queue.push(row_id, due):
             self._wakeup.set()
@@ -167,17 +175,14 @@ class Runner:
     # ---------------------------------------------------------------- poller
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.poll_once()
             except DRIVER_ERRORS as exc:
                 self._log.warning("jobsd: poll failed: %s", exc, extra=self._extra)
-            self._poll_now.clear()
-            try:
-                async with asyncio.timeout(self._config.poll_interval):
-                    await self._poll_now.wait()
-            except TimeoutError:
-                pass
+            if not self._stopping.is_set():
+                self._poll_now.clear()
+                await wait_event(self._poll_now, self._config.poll_interval)
 
     async def poll_once(self) -> None:
         store = self._store
@@ -218,7 +223,7 @@ class Runner:
     # ---------------------------------------------------------------- dispatcher
 
     async def _dispatch_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             self._wakeup.clear()
             free = self._config.workers - self._busy
             timeout: float | None = None
@@ -231,11 +236,8 @@ class Runner:
                 head = self._queue.next_due()
                 if head is not None:
                     timeout = max(0.0, (head - now).total_seconds())
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                pass
+            if not self._stopping.is_set():
+                await wait_event(self._wakeup, timeout)
 
     async def _claim_and_start(self, ids: list[int], free: int) -> None:
         ids = [i for i in ids if i not in self._attempts]
@@ -377,7 +379,9 @@ class Runner:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._config.heartbeat_interval)
+            await wait_event(self._stopping, self._config.heartbeat_interval)
+            if self._stopping.is_set():
+                return  # down() writes the last beat itself
             try:
                 await self.beat()
                 await self._check_cancels()

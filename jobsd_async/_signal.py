@@ -1,8 +1,9 @@
-"""A broadcast wake-up: every waiter wakes on the next ``notify()``."""
+"""Wake-ups: a broadcast signal, and waiting for an event with a deadline."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class Signal:
@@ -26,3 +27,10 @@ class Signal:
         except TimeoutError:
             return False
         return True
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait until ``event`` is set, or ``timeout`` seconds (None: forever), whichever is first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
