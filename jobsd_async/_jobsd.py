@@ -398,9 +398,7 @@ class JobsD:
 
     async def _sample_clock(self, store: Store) -> None:
         async with store.dialect.reading() as conn:
-            sent = self._clock.local()
-            db_now = await _read.db_now(store, conn)
-            self._clock.sample(db_now, sent, self._clock.local())
+            await _read.sample_clock(store, conn, self._clock)
 
     async def _write_shutdown(self, runner: Runner) -> None:
         try:

@@ -64,9 +64,7 @@ class Runner:
         self._queue = LocalQueue()
         self._attempts: dict[int, Attempt] = {}  # by row id, until the completion is written
         self._claiming: set[int] = set()  # row ids of the claim in flight
-        self._busy = 0
         self._wakeup = asyncio.Event()
-        self._poll_now = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._completions: set[asyncio.Task[None]] = set()
@@ -114,7 +112,6 @@ class Runner:
         """Stop taking work, drain running jobs, kill what is left, flush completions."""
         self._stopping.set()
         self._wakeup.set()
-        self._poll_now.set()
         _, stuck = await asyncio.wait(self._loops, timeout=_LOOPS_STOP)
         for task in stuck:  # e.g. a resurrection retrying against an unreachable database
             task.cancel()
@@ -180,16 +177,12 @@ class Runner:
                 await self.poll_once()
             except DRIVER_ERRORS as exc:
                 self._log.warning("jobsd: poll failed: %s", exc, extra=self._extra)
-            if not self._stopping.is_set():
-                self._poll_now.clear()
-                await wait_event(self._poll_now, self._config.poll_interval)
+            await wait_event(self._stopping, self._config.poll_interval)
 
     async def poll_once(self) -> None:
         store = self._store
         async with store.dialect.reading() as conn:
-            sent = self._clock.local()
-            db_now = await _read.db_now(store, conn)
-            self._clock.sample(db_now, sent, self._clock.local())
+            await _read.sample_clock(store, conn, self._clock)
             rows = await _claim.poll_due(
                 store,
                 conn,
@@ -225,7 +218,7 @@ class Runner:
     async def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             self._wakeup.clear()
-            free = self._config.workers - self._busy
+            free = self._config.workers - len(self._job_tasks)  # a task holds its slot until it ends
             timeout: float | None = None
             if free > 0:
                 now = self._clock.now()
@@ -269,7 +262,6 @@ class Runner:
         job = self._jobs[row.job]
         attempt = Attempt(row, job.contract)
         self._attempts[row.id] = attempt
-        self._busy += 1
         task = asyncio.create_task(self._execute(attempt), name=f"jobsd run {row.id}")
         attempt.task = task
         self._job_tasks.add(task)
@@ -277,7 +269,6 @@ class Runner:
 
     def _release_slot(self, task: asyncio.Task[None]) -> None:
         self._job_tasks.discard(task)
-        self._busy -= 1
         self._wakeup.set()
 
     # ---------------------------------------------------------------- attempts

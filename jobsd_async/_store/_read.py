@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .._clock import DbClock
 from ._rows import RunRow, Store
 
 
@@ -28,8 +29,9 @@ async def latest_of_chain(store: Store, conn: AsyncConnection, run_id: int) -> R
     return None if row is None else RunRow.of(row)
 
 
-async def db_now(store: Store, conn: AsyncConnection) -> datetime:
-    """The database clock."""
+async def sample_clock(store: Store, conn: AsyncConnection, clock: DbClock) -> None:
+    """Read the database clock and record its offset from the local one."""
+    sent = clock.local()
     value = (await conn.execute(select(store.dialect.now()))).scalar_one()
     assert isinstance(value, datetime)
-    return value
+    clock.sample(value, sent, clock.local())
