@@ -23,12 +23,13 @@ from ._errors import (
 from ._jobs import Args, Job
 from ._jobsd import JobsD
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
-from ._schedules import ScheduleFunc
+from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
 
 __version__ = "0.1.0"
 
 __all__ = (
     "Args",
+    "BuiltinSchedule",
     "Duration",
     "InstanceInfo",
     "InvalidJobFuncError",
@@ -51,4 +52,6 @@ __all__ = (
     "UnknownJobError",
     "UnknownScheduleError",
     "__version__",
+    "cron",
+    "every",
 )

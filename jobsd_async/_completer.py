@@ -16,7 +16,7 @@ from ._chain import FollowUp, Outcome, plan_follow_up
 from ._clock import DbClock
 from ._config import Config
 from ._errors import ScheduleError
-from ._schedules import ScheduleFunc, next_tick
+from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _complete
 from ._store._dialect import DRIVER_ERRORS
 from ._store._instances import Counters
@@ -97,9 +97,9 @@ class Completer:
     def plan(self, row: RunRow, outcome: Outcome) -> FollowUp | None:
         def tick() -> datetime:
             assert row.schedule is not None
-            func = self._schedules.get(row.schedule)
+            func = resolve(row.schedule, self._schedules)
             if func is None:
-                raise ScheduleError(f"schedule {row.schedule!r} is not registered on this instance")
+                raise ScheduleError(f"schedule {row.schedule!r} cannot be computed on this instance")
             return next_tick(row.schedule, func, self._clock.now())
 
         try:

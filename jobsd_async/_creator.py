@@ -18,6 +18,7 @@ from ._config import (
     to_seconds,
 )
 from ._errors import JobsDStateError
+from ._schedules import BuiltinSchedule
 
 if TYPE_CHECKING:
     from typing import Self
@@ -91,9 +92,13 @@ class RunCreator:
         )
         return self
 
-    def schedule(self, schedule: str) -> Self:
-        """Make the run recur on a registered schedule; the first run is at its first tick."""
-        self._request = replace(self._request, schedule=check_name("schedule", schedule), limit=None)
+    def schedule(self, schedule: str | BuiltinSchedule) -> Self:
+        """Make the run recur: on a registered schedule's name, or on ``every(...)``/``cron(...)``.
+
+        The first run is at the schedule's first tick.
+        """
+        spec = schedule.spec if isinstance(schedule, BuiltinSchedule) else check_name("schedule", schedule)
+        self._request = replace(self._request, schedule=spec, limit=None)
         return self
 
     def limit(self, successes: int) -> Self:

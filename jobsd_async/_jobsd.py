@@ -40,7 +40,7 @@ from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError, Unknown
 from ._jobs import Job, decode_result, encode_args
 from ._runner import Runner
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
-from ._schedules import ScheduleFunc, next_tick
+from ._schedules import BUILTIN_PREFIXES, ScheduleFunc, next_tick, resolve
 from ._signal import Signal
 from ._store import _cancel, _create, _instances, _read
 from ._store._dialect import Dialect, wrap_errors
@@ -270,6 +270,8 @@ class JobsD:
         """Register a schedule: a function ``(now) -> next due time`` (timezone-aware)."""
         self._require_registering("register_schedule")
         check_name("schedule", name)
+        if name.startswith(BUILTIN_PREFIXES):
+            raise ValueError(f"schedule name {name!r} must not start with {' or '.join(BUILTIN_PREFIXES)}")
         if name in self._schedules:
             raise ValueError(f"schedule {name!r} is already registered")
         if not callable(func):
@@ -459,7 +461,7 @@ class JobsD:
         due: datetime
         run_at: Any
         if request.schedule is not None:
-            func = self._schedules.get(request.schedule)
+            func = resolve(request.schedule, self._schedules)
             if func is None:
                 raise UnknownScheduleError(
                     f"schedule {request.schedule!r} is not registered on this instance"

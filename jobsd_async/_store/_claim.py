@@ -10,10 +10,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, case, literal, null, or_, select, update
+from sqlalchemy import and_, case, literal, null, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._rows import RunRow, Store
+from ._rows import RunRow, Store, schedule_computable
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +38,13 @@ async def poll_due(
         return []
     runs = store.runs
     dialect = store.dialect
-    schedule_ok: ColumnElement[bool] = runs.c.schedule.is_(None)
-    if schedules:
-        schedule_ok = or_(schedule_ok, runs.c.schedule.in_(list(schedules)))
     stmt = (
         select(runs)
         .where(
             runs.c.run_started_at.is_(None),
             runs.c.job.in_(list(jobs)),
             runs.c.run_completed_at.is_(None),
-            schedule_ok,
+            schedule_computable(runs, schedules),
             runs.c.run_at <= dialect.add_seconds(dialect.now(), literal(horizon)),
         )
         .order_by(runs.c.run_at, runs.c.id)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import ColumnElement, literal, or_, select
+from sqlalchemy import literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ._rows import RunRow, Store
+from ._rows import RunRow, Store, schedule_computable
 
 # An owner not seen for this many of its own heartbeat intervals is taken for dead.
 MISSED_BEATS = 3
@@ -30,9 +30,6 @@ async def find_orphans(
         dialect.add_seconds(instances.c.last_seen_at, instances.c.heartbeat_interval * literal(MISSED_BEATS))
         < now,
     )
-    schedule_ok: ColumnElement[bool] = runs.c.schedule.is_(None)
-    if schedules:
-        schedule_ok = or_(schedule_ok, runs.c.schedule.in_(list(schedules)))
     stmt = (
         select(runs)
         .select_from(runs.outerjoin(instances, instances.c.id == runs.c.run_started_by))
@@ -40,7 +37,7 @@ async def find_orphans(
             runs.c.run_completed_at.is_(None),
             runs.c.run_started_at.is_not(None),
             or_(runs.c.run_timeout_at <= now, owner_gone, runs.c.run_started_by == instance_id),
-            schedule_ok,
+            schedule_computable(runs, schedules),
         )
         .order_by(runs.c.id)
         .limit(limit)

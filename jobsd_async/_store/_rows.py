@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-from sqlalchemy import RowMapping, Table
+from sqlalchemy import ColumnElement, RowMapping, Table, or_
 
+from .._schedules import CRON_PREFIX, EVERY_PREFIX, cron_available
 from ._dialect import Dialect
 from ._schema import Tables
 
@@ -71,3 +73,13 @@ class RunRow:
 
 
 _FIELDS = tuple(f.name for f in fields(RunRow))
+
+
+def schedule_computable(runs: Table, registered: Collection[str]) -> ColumnElement[bool]:
+    """Rows whose next tick this instance can compute: unscheduled, built-in, or registered here."""
+    known: list[ColumnElement[bool]] = [runs.c.schedule.is_(None), runs.c.schedule.startswith(EVERY_PREFIX)]
+    if cron_available():
+        known.append(runs.c.schedule.startswith(CRON_PREFIX))
+    if registered:
+        known.append(runs.c.schedule.in_(list(registered)))
+    return or_(*known)
