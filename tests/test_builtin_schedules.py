@@ -35,7 +35,7 @@ def test_every_rejects_bad_intervals(interval: object) -> None:
     [("61 * * * *", "UTC"), ("* * *", "UTC"), ("* * * * *", "Mars/Olympus"), ("* * * * * 99", "UTC")],
 )
 def test_cron_rejects_bad_input(expression: str, tz: str) -> None:
-    with pytest.raises(ValueError, match="cron|time zone"):
+    with pytest.raises(ValueError, match=r"cron|time zone"):
         cron(expression, tz)
 
 
