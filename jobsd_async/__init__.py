@@ -4,7 +4,7 @@ A database table is the queue, every job run is a row, and every instance sharin
 database competes for the rows.  Start with ``async with JobsD(engine) as jd:``.
 """
 
-from ._config import Duration
+from ._config import Backoff, Duration
 from ._creator import RunCreator
 from ._errors import (
     InvalidJobFuncError,
@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "Args",
+    "Backoff",
     "BuiltinSchedule",
     "Duration",
     "InstanceInfo",

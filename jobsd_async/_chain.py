@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from ._config import Backoff
 from ._runs import CANCELLED_TEXT, KILLED_TEXT, TIMED_OUT_TEXT
 from ._store._rows import RunRow
 
@@ -62,8 +63,24 @@ def _under(limit: int | None, count: int) -> bool:
     return limit is None or count < limit
 
 
-def plan_follow_up(row: RunRow, outcome: Outcome, next_tick: Callable[[], datetime]) -> FollowUp | None:
-    """The follow-up of ``row`` after ``outcome``; ``next_tick()`` gives the schedule's next time."""
+def plan_follow_up(
+    row: RunRow, outcome: Outcome, next_tick: Callable[[], datetime], now: Callable[[], datetime]
+) -> FollowUp | None:
+    """The follow-up of ``row`` after ``outcome``.
+
+    ``next_tick()`` gives the schedule's next time and ``now()`` the database clock.  A retry
+    of a scheduled run is due at the next tick; of a one-off run at once, or after the
+    row's backoff.
+    """
+
+    def retry_due(retry: int) -> datetime | None:
+        if scheduled:
+            return next_tick()
+        if row.retry_backoff is None:
+            return None
+        backoff = Backoff(row.retry_backoff, row.retry_backoff_cap or row.retry_backoff)
+        return now() + timedelta(seconds=backoff.delay(retry))
+
     successes = row.run_success_count + (1 if outcome is Outcome.SUCCEEDED else 0)
     scheduled = needs_scheduling(row, successes)
     error_count = row.retries_on_error_count
@@ -75,9 +92,9 @@ def plan_follow_up(row: RunRow, outcome: Outcome, next_tick: Callable[[], dateti
         # A kill at shutdown is not the job's fault: re-run this attempt, consuming nothing.
         return FollowUp(None, successes, error_count, timeout_count, rescheduled=False)
     if outcome is Outcome.FAILED and _under(row.retries_on_error_limit, error_count):
-        return FollowUp(next_tick() if scheduled else None, successes, error_count + 1, timeout_count, False)
+        return FollowUp(retry_due(error_count + 1), successes, error_count + 1, timeout_count, False)
     if outcome is Outcome.TIMED_OUT and _under(row.retries_on_timeout_limit, timeout_count):
-        return FollowUp(next_tick() if scheduled else None, successes, error_count, timeout_count + 1, False)
+        return FollowUp(retry_due(timeout_count + 1), successes, error_count, timeout_count + 1, False)
     if scheduled:
         return FollowUp(next_tick(), successes, 0, 0, rescheduled=True)
     return None

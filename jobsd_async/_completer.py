@@ -103,7 +103,7 @@ class Completer:
             return next_tick(row.schedule, func, self._clock.now())
 
         try:
-            return plan_follow_up(row, outcome, tick)
+            return plan_follow_up(row, outcome, tick, self._clock.now)
         except ScheduleError as exc:
             self._log.error(
                 "jobsd: run %s: %s; its chain ends here",

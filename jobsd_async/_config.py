@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TypeAlias
 
@@ -23,6 +25,7 @@ DEFAULT_TABLE_PREFIX = "jobsd_"
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds
 DEFAULT_CANCEL_GRACE = 5.0  # seconds
+DEFAULT_BACKOFF_CAP = 3600.0  # seconds, the longest wait before a retry
 MAX_NAME_LENGTH = 255
 # Index names are "ix_{prefix}runs_pending" and the like; PostgreSQL truncates identifiers at 63.
 MAX_TABLE_PREFIX_LENGTH = 40
@@ -122,37 +125,68 @@ def check_table_prefix(prefix: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential retry backoff with jitter.
+
+    The n-th retry of a run waits a random time between half and all of
+    ``min(cap, base * 2 ** (n - 1))`` seconds.  Without a backoff, retries are due at once.
+    """
+
+    base: float
+    cap: float = DEFAULT_BACKOFF_CAP
+
+    def __init__(self, base: Duration, cap: Duration = DEFAULT_BACKOFF_CAP) -> None:
+        base_s = to_seconds("retry_backoff base", base)
+        cap_s = to_seconds("retry_backoff cap", cap)
+        assert base_s is not None and cap_s is not None
+        if base_s == 0 or cap_s < base_s:
+            raise ValueError(f"retry_backoff needs 0 < base <= cap, got base={base!r}, cap={cap!r}")
+        object.__setattr__(self, "base", base_s)
+        object.__setattr__(self, "cap", cap_s)
+
+    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds before the ``retry``-th retry (1 for the first)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(retry - 1, 64))
+        return ceiling * (0.5 + rand() / 2)
+
+
+def to_backoff(name: str, value: object) -> Backoff | None:
+    """A retry backoff: a Backoff, or a base duration; None or 0 means immediate retries."""
+    if value is None or isinstance(value, Backoff):
+        return value
+    seconds = to_seconds(name, value)
+    return Backoff(seconds) if seconds else None
+
+
+_OPTION_PARSERS: dict[str, Callable[[str, object], object]] = {
+    "run_timeout": to_run_timeout,
+    "retries_error_limit": to_retry_limit,
+    "retries_timeout_limit": to_retry_limit,
+    "retry_backoff": to_backoff,
+}
+
+
+@dataclass(frozen=True, slots=True)
 class RunOptions:
     """Per-run settings that travel in the row; each level may leave a value UNSET."""
 
     run_timeout: float | _Unset | None = UNSET
     retries_error_limit: int | _Unset | None = UNSET
     retries_timeout_limit: int | _Unset | None = UNSET
+    retry_backoff: Backoff | _Unset | None = UNSET
 
     @classmethod
-    def parse(
-        cls, run_timeout: object, retries_error_limit: object, retries_timeout_limit: object
-    ) -> RunOptions:
-        return cls(
-            run_timeout=UNSET if run_timeout is UNSET else to_run_timeout("run_timeout", run_timeout),
-            retries_error_limit=UNSET
-            if retries_error_limit is UNSET
-            else to_retry_limit("retries_error_limit", retries_error_limit),
-            retries_timeout_limit=UNSET
-            if retries_timeout_limit is UNSET
-            else to_retry_limit("retries_timeout_limit", retries_timeout_limit),
-        )
+    def parse(cls, **values: object) -> RunOptions:
+        """Validate the given options (by name); UNSET ones stay UNSET."""
+        return cls(**{k: v if v is UNSET else _OPTION_PARSERS[k](k, v) for k, v in values.items()})  # type: ignore[arg-type]
 
     def over(self, base: RunOptions) -> RunOptions:
         """These options, with anything UNSET taken from ``base``."""
         return RunOptions(
-            run_timeout=base.run_timeout if self.run_timeout is UNSET else self.run_timeout,
-            retries_error_limit=base.retries_error_limit
-            if self.retries_error_limit is UNSET
-            else self.retries_error_limit,
-            retries_timeout_limit=base.retries_timeout_limit
-            if self.retries_timeout_limit is UNSET
-            else self.retries_timeout_limit,
+            **{
+                f.name: getattr(base if getattr(self, f.name) is UNSET else self, f.name)
+                for f in fields(self)
+            }
         )
 
 
@@ -167,6 +201,7 @@ class Config:
     run_timeout: float | None
     retries_error_limit: int | None
     retries_timeout_limit: int | None
+    retry_backoff: Backoff | None
     auto_migrate: bool
     table_prefix: str
     heartbeat_interval: float
@@ -176,7 +211,9 @@ class Config:
 
     @property
     def run_defaults(self) -> RunOptions:
-        return RunOptions(self.run_timeout, self.retries_error_limit, self.retries_timeout_limit)
+        return RunOptions(
+            self.run_timeout, self.retries_error_limit, self.retries_timeout_limit, self.retry_backoff
+        )
 
 
 def build_config(
@@ -188,6 +225,7 @@ def build_config(
     run_timeout: object,
     retries_error_limit: object,
     retries_timeout_limit: object,
+    retry_backoff: object,
     auto_migrate: object,
     table_prefix: object,
     heartbeat_interval: object,
@@ -216,6 +254,7 @@ def build_config(
         run_timeout=to_run_timeout("run_timeout", run_timeout),
         retries_error_limit=to_retry_limit("retries_error_limit", retries_error_limit),
         retries_timeout_limit=to_retry_limit("retries_timeout_limit", retries_timeout_limit),
+        retry_backoff=to_backoff("retry_backoff", retry_backoff),
         auto_migrate=auto_migrate,
         table_prefix=check_table_prefix(table_prefix),
         heartbeat_interval=beat,

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._config import (
+    Backoff,
     Duration,
     RunOptions,
     check_name,
     to_count,
-    to_retry_limit,
-    to_run_timeout,
     to_seconds,
 )
 from ._errors import JobsDStateError
@@ -72,24 +71,23 @@ class RunCreator:
 
     def run_timeout(self, timeout: Duration | None) -> Self:
         """Per-run timeout (None or 0: no timeout), overriding the job's."""
-        options = replace(self._request.options, run_timeout=to_run_timeout("run_timeout", timeout))
-        self._request = replace(self._request, options=options)
-        return self
+        return self._option(run_timeout=timeout)
 
     def retries_error_limit(self, limit: int | None) -> Self:
         """Retries after errors (None or -1: unlimited), overriding the job's."""
-        value = to_retry_limit("retries_error_limit", limit)
-        self._request = replace(
-            self._request, options=replace(self._request.options, retries_error_limit=value)
-        )
-        return self
+        return self._option(retries_error_limit=limit)
 
     def retries_timeout_limit(self, limit: int | None) -> Self:
         """Retries after timeouts (None or -1: unlimited), overriding the job's."""
-        value = to_retry_limit("retries_timeout_limit", limit)
-        self._request = replace(
-            self._request, options=replace(self._request.options, retries_timeout_limit=value)
-        )
+        return self._option(retries_timeout_limit=limit)
+
+    def retry_backoff(self, backoff: Duration | Backoff | None) -> Self:
+        """Wait before retries (a base duration or a Backoff; None: at once), overriding the job's."""
+        return self._option(retry_backoff=backoff)
+
+    def _option(self, **value: object) -> Self:
+        options = RunOptions.parse(**value).over(self._request.options)
+        self._request = replace(self._request, options=options)
         return self
 
     def schedule(self, schedule: str | BuiltinSchedule) -> Self:

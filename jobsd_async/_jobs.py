@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
-from ._config import RunOptions
+from ._config import Backoff, RunOptions
 from ._errors import InvalidJobFuncError, JobArgsMismatchError, JobArgsSerializationError
 from ._runs import RunInfo
 
@@ -193,6 +193,11 @@ class Job(Generic[P]):
     def retries_timeout_limit(self) -> int | None:
         """The job-level timeout-retry limit (None: unlimited), after instance defaults."""
         return self.options.retries_timeout_limit  # type: ignore[return-value]
+
+    @property
+    def retry_backoff(self) -> Backoff | None:
+        """The job-level retry backoff (None: immediate retries), after instance defaults."""
+        return self.options.retry_backoff  # type: ignore[return-value]
 
     @property
     def contract(self) -> JobFunc:

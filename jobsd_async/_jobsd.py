@@ -29,6 +29,7 @@ from ._config import (
     DEFAULT_TIMEOUT_CHECK,
     DEFAULT_WORKERS,
     UNSET,
+    Backoff,
     Duration,
     RunOptions,
     build_config,
@@ -97,6 +98,7 @@ class JobsD:
         run_timeout: Duration | None = DEFAULT_RUN_TIMEOUT,
         retries_error_limit: int | None = DEFAULT_RETRIES_ERROR_LIMIT,
         retries_timeout_limit: int | None = DEFAULT_RETRIES_TIMEOUT_LIMIT,
+        retry_backoff: Duration | Backoff | None = None,
         auto_migrate: bool = True,
         table_prefix: str = DEFAULT_TABLE_PREFIX,
         heartbeat_interval: Duration = DEFAULT_HEARTBEAT_INTERVAL,
@@ -115,6 +117,7 @@ class JobsD:
             run_timeout=run_timeout,
             retries_error_limit=retries_error_limit,
             retries_timeout_limit=retries_timeout_limit,
+            retry_backoff=retry_backoff,
             auto_migrate=auto_migrate,
             table_prefix=table_prefix,
             heartbeat_interval=heartbeat_interval,
@@ -204,6 +207,7 @@ class JobsD:
         run_timeout: Duration | None = ...,
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
+        retry_backoff: Duration | Backoff | None = ...,
     ) -> Job[P]: ...
 
     @overload
@@ -215,6 +219,7 @@ class JobsD:
         run_timeout: Duration | None = ...,
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
+        retry_backoff: Duration | Backoff | None = ...,
     ) -> Job[P]: ...
 
     def register_job(
@@ -225,6 +230,7 @@ class JobsD:
         run_timeout: Duration | None = UNSET,  # type: ignore[assignment]
         retries_error_limit: int | None = UNSET,  # type: ignore[assignment]
         retries_timeout_limit: int | None = UNSET,  # type: ignore[assignment]
+        retry_backoff: Duration | Backoff | None = UNSET,  # type: ignore[assignment]
     ) -> Job[Any]:
         """Register ``func`` as job ``name``; options override the instance defaults.
 
@@ -235,7 +241,12 @@ class JobsD:
         check_name("job", name)
         if name in self._jobs:
             raise ValueError(f"job {name!r} is already registered")
-        options = RunOptions.parse(run_timeout, retries_error_limit, retries_timeout_limit)
+        options = RunOptions.parse(
+            run_timeout=run_timeout,
+            retries_error_limit=retries_error_limit,
+            retries_timeout_limit=retries_timeout_limit,
+            retry_backoff=retry_backoff,
+        )
         job: Job[Any] = Job(name, func, options.over(self._config.run_defaults), self.create_run)
         self._jobs[name] = job
         return job
@@ -254,6 +265,7 @@ class JobsD:
         run_timeout: Duration | None = ...,
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
+        retry_backoff: Duration | Backoff | None = ...,
     ) -> _JobDecorator: ...
 
     def job(self, name: Any = None, **options: Any) -> Any:
@@ -491,6 +503,7 @@ class JobsD:
             run_timeout=options.run_timeout,  # type: ignore[arg-type]
             retries_on_error_limit=options.retries_error_limit,  # type: ignore[arg-type]
             retries_on_timeout_limit=options.retries_timeout_limit,  # type: ignore[arg-type]
+            retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
             schedule=request.schedule,
         )
         if conn is None:

@@ -105,6 +105,8 @@ def follow_up_values(
         "retries_on_error_limit": row.retries_on_error_limit,
         "retries_on_timeout_count": follow_up.retries_on_timeout_count,
         "retries_on_timeout_limit": row.retries_on_timeout_limit,
+        "retry_backoff": row.retry_backoff,
+        "retry_backoff_cap": row.retry_backoff_cap,
         "schedule": row.schedule,
         "created_at": now,
         "created_by": instance_id,

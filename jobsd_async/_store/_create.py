@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .._config import Backoff
 from ._rows import Store
 
 # A unique name can be freed between our failed insert and our look-up; then we insert again.
@@ -81,6 +82,7 @@ def first_row_values(
     run_timeout: float | None,
     retries_on_error_limit: int | None,
     retries_on_timeout_limit: int | None,
+    retry_backoff: Backoff | None,
     schedule: str | None,
 ) -> dict[str, Any]:
     return {
@@ -101,6 +103,8 @@ def first_row_values(
         "retries_on_error_limit": retries_on_error_limit,
         "retries_on_timeout_count": 0,
         "retries_on_timeout_limit": retries_on_timeout_limit,
+        "retry_backoff": retry_backoff.base if retry_backoff else None,
+        "retry_backoff_cap": retry_backoff.cap if retry_backoff else None,
         "schedule": schedule,
         "created_at": created_at,
         "created_by": instance_id,

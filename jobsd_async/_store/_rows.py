@@ -57,6 +57,8 @@ class RunRow:
     retries_on_error_limit: int | None
     retries_on_timeout_count: int
     retries_on_timeout_limit: int | None
+    retry_backoff: float | None
+    retry_backoff_cap: float | None
     schedule: str | None
     cancel_requested_at: datetime | None
     created_at: datetime

@@ -96,6 +96,9 @@ def build_tables(prefix: str) -> Tables:
         Column("retries_on_error_limit", Integer, nullable=True),
         Column("retries_on_timeout_count", Integer, nullable=False, default=0),
         Column("retries_on_timeout_limit", Integer, nullable=True),
+        # Backoff before a retry (NULL: at once): base and cap in seconds.
+        Column("retry_backoff", Float, nullable=True),
+        Column("retry_backoff_cap", Float, nullable=True),
         Column("schedule", String(MAX_NAME_LENGTH), nullable=True),
         Column("cancel_requested_at", UTCDateTime, nullable=True),
         Column("created_at", UTCDateTime, nullable=False),
