@@ -202,6 +202,7 @@ class Config:
     retries_error_limit: int | None
     retries_timeout_limit: int | None
     retry_backoff: Backoff | None
+    retention: float | None
     auto_migrate: bool
     table_prefix: str
     heartbeat_interval: float
@@ -226,6 +227,7 @@ def build_config(
     retries_error_limit: object,
     retries_timeout_limit: object,
     retry_backoff: object,
+    retention: object,
     auto_migrate: object,
     table_prefix: object,
     heartbeat_interval: object,
@@ -255,6 +257,7 @@ def build_config(
         retries_error_limit=to_retry_limit("retries_error_limit", retries_error_limit),
         retries_timeout_limit=to_retry_limit("retries_timeout_limit", retries_timeout_limit),
         retry_backoff=to_backoff("retry_backoff", retry_backoff),
+        retention=to_seconds("retention", retention, allow_none=True),
         auto_migrate=auto_migrate,
         table_prefix=check_table_prefix(table_prefix),
         heartbeat_interval=beat,

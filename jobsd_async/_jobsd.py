@@ -43,7 +43,7 @@ from ._runner import Runner
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import BUILTIN_PREFIXES, ScheduleFunc, next_tick, resolve
 from ._signal import Signal
-from ._store import _cancel, _create, _instances, _read
+from ._store import _cancel, _create, _instances, _prune, _read
 from ._store._dialect import Dialect, wrap_errors
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
@@ -99,6 +99,7 @@ class JobsD:
         retries_error_limit: int | None = DEFAULT_RETRIES_ERROR_LIMIT,
         retries_timeout_limit: int | None = DEFAULT_RETRIES_TIMEOUT_LIMIT,
         retry_backoff: Duration | Backoff | None = None,
+        retention: Duration | None = None,
         auto_migrate: bool = True,
         table_prefix: str = DEFAULT_TABLE_PREFIX,
         heartbeat_interval: Duration = DEFAULT_HEARTBEAT_INTERVAL,
@@ -118,6 +119,7 @@ class JobsD:
             retries_error_limit=retries_error_limit,
             retries_timeout_limit=retries_timeout_limit,
             retry_backoff=retry_backoff,
+            retention=retention,
             auto_migrate=auto_migrate,
             table_prefix=table_prefix,
             heartbeat_interval=heartbeat_interval,
@@ -579,6 +581,18 @@ class JobsD:
             runner.cancel_local(row.id)
         self._chain_changed.notify()
         return True
+
+    async def prune(self, older_than: Duration) -> int:
+        """Delete chains that finished more than ``older_than`` ago; returns the rows deleted.
+
+        Works in bounded batches of short transactions.  Never deletes a pending or running
+        row, nor any row of a chain that is still live; also deletes the rows of instances
+        that are dead (by the resurrector's rule) and were last seen before the cut-off.
+        """
+        store = self._require_store()
+        seconds = to_seconds("older_than", older_than)
+        assert seconds is not None
+        return await wrap_errors(_prune.prune(store, older_than=seconds), "pruning")
 
     async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""

@@ -28,7 +28,7 @@ from ._queue import LocalQueue
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
 from ._signal import wait_event
-from ._store import _cancel, _claim, _instances, _read
+from ._store import _cancel, _claim, _instances, _prune, _read
 from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
 
@@ -104,6 +104,8 @@ class Runner:
             self._spawn_loop(self._dispatch_loop(), "jobsd dispatcher")
         self._spawn_loop(self._heartbeat_loop(), "jobsd heartbeat")
         self._spawn_loop(self._resurrector.loop(), "jobsd timeout checker")
+        if self._config.retention is not None:
+            self._spawn_loop(self._prune_loop(self._config.retention), "jobsd pruner")
 
     def _spawn_loop(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._loops.append(asyncio.create_task(coro, name=f"{name} #{self._id}"))
@@ -365,6 +367,19 @@ class Runner:
                 ending.outcome.value,
                 extra={**self._extra, **attempt.log_extra},
             )
+
+    # ---------------------------------------------------------------- retention
+
+    async def _prune_loop(self, retention: float) -> None:
+        """Delete chains finished longer than ``retention`` ago, every ``timeout_check``."""
+        while not self._stopping.is_set():
+            try:
+                deleted = await _prune.prune(self._store, older_than=retention)
+                if deleted:
+                    self._log.info("jobsd: pruned %d finished runs", deleted, extra=self._extra)
+            except DRIVER_ERRORS as exc:
+                self._log.warning("jobsd: pruning failed: %s", exc, extra=self._extra)
+            await wait_event(self._stopping, self._config.timeout_check)
 
     # ---------------------------------------------------------------- heartbeat
 

@@ -81,7 +81,7 @@ class Dialect:
         if self.name == "mysql":
             micros = cast(func.round(seconds * 1_000_000), BigInteger)
             return type_coerce(func.timestampadd(literal_column("MICROSECOND"), micros, ts), UTCDateTime)
-        modifier = func.printf("+%.6f seconds", seconds)
+        modifier = func.printf("%+.6f seconds", seconds)
         return type_coerce(func.strftime(_SQLITE_FORMAT, ts, modifier), UTCDateTime)
 
     @asynccontextmanager

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import literal, or_, select
+from sqlalchemy import ColumnElement, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import RunRow, Store, schedule_computable
 
 # An owner not seen for this many of its own heartbeat intervals is taken for dead.
 MISSED_BEATS = 3
+
+
+def instance_gone(store: Store) -> ColumnElement[bool]:
+    """Instances that shut down, or have not beaten for MISSED_BEATS of their own intervals."""
+    instances, dialect = store.instances, store.dialect
+    missed = instances.c.heartbeat_interval * literal(MISSED_BEATS)
+    return or_(
+        instances.c.shutdown_at.is_not(None),
+        dialect.add_seconds(instances.c.last_seen_at, missed) < dialect.now(),
+    )
 
 
 async def find_orphans(
@@ -24,12 +34,7 @@ async def find_orphans(
     """
     runs, instances, dialect = store.runs, store.instances, store.dialect
     now = dialect.now()
-    owner_gone = or_(
-        instances.c.id.is_(None),
-        instances.c.shutdown_at.is_not(None),
-        dialect.add_seconds(instances.c.last_seen_at, instances.c.heartbeat_interval * literal(MISSED_BEATS))
-        < now,
-    )
+    owner_gone = or_(instances.c.id.is_(None), instance_gone(store))
     stmt = (
         select(runs)
         .select_from(runs.outerjoin(instances, instances.c.id == runs.c.run_started_by))
