@@ -351,7 +351,7 @@ class JobsD:
                     on_chain_change=self._chain_changed.notify,
                 )
                 stack.push_async_callback(self._write_shutdown, runner)
-                runner.start()
+                await runner.start()
                 stack.push_async_callback(runner.stop)
                 self._runner = runner
                 self._exit_stack = stack.pop_all()

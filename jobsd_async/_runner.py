@@ -24,6 +24,7 @@ from ._clock import DbClock
 from ._completer import Completer
 from ._config import Config
 from ._jobs import Job, decode_args, encode_result
+from ._listener import CancelListener
 from ._queue import LocalQueue
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
@@ -94,11 +95,24 @@ class Runner:
             is_running_here=self._is_tracked,
             stop=self._stopping,
         )
+        self._listener = (
+            CancelListener(
+                store.dialect.engine,
+                _cancel.cancel_channel(store),
+                instance_id,
+                self.cancel_local,
+                config.logger,
+            )
+            if store.dialect.is_postgresql and config.workers > 0
+            else None
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start the background loops (the poller polls at once)."""
+        if self._listener is not None:
+            await self._listener.ensure()
         if self._config.workers > 0:
             self._spawn_loop(self._poll_loop(), "jobsd poller")
             self._spawn_loop(self._dispatch_loop(), "jobsd dispatcher")
@@ -118,6 +132,8 @@ class Runner:
         for task in stuck:  # e.g. a resurrection retrying against an unreachable database
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.stop()
         self._loops.clear()
         self._queue.clear()
         await self._drain()
@@ -388,6 +404,8 @@ class Runner:
             await wait_event(self._stopping, self._config.heartbeat_interval)
             if self._stopping.is_set():
                 return  # down() writes the last beat itself
+            if self._listener is not None:
+                await self._listener.ensure()
             try:
                 await self.beat()
                 await self._check_cancels()

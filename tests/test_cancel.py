@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from conftest import MakeJobsD, fetch_runs
+from conftest import BACKENDS, MakeJobsD, fetch_runs
 
 from jobsd_async import JobsD, RunInfo, RunNotFoundError, RunStatus
 
@@ -87,3 +87,27 @@ async def test_cancel_unknown_run(make_jobsd: MakeJobsD) -> None:
     async with jd:
         with pytest.raises(RunNotFoundError):
             await jd.cancel_run(424242)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_cancel_reaches_the_owner_through_notify_on_postgresql(make_jobsd: MakeJobsD) -> None:
+    """With a heartbeat far away, only the NOTIFY can deliver the cancel this fast."""
+    owner = make_jobsd(heartbeat_interval=60, cancel_grace=5)
+    other = make_jobsd(workers=0)
+    other.register_job("long", lambda: None)
+    started = asyncio.Event()
+    saw_cancel = asyncio.Event()
+
+    @owner.job(name="long")
+    async def long(info: RunInfo) -> None:
+        started.set()
+        await info.cancel.wait()
+        saw_cancel.set()
+
+    async with owner, other:
+        run_id = await owner.create_run("long").run()
+        await asyncio.wait_for(started.wait(), 10)
+        assert await other.cancel_run(run_id) is True
+        await asyncio.wait_for(saw_cancel.wait(), 5)
+        state = await other.wait_for_run(run_id, timeout=5)
+    assert state.status is RunStatus.CANCELLED

@@ -5,12 +5,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._runs import CANCELLED_TEXT
 from ._read import latest_of_chain
 from ._rows import RunRow, Store
+
+
+def cancel_channel(store: Store) -> str:
+    """The PostgreSQL NOTIFY channel of this table prefix's cancels."""
+    return store.runs.name.removesuffix("runs") + "cancel"
 
 
 class CancelOutcome(enum.Enum):
@@ -55,6 +60,9 @@ async def request_cancel(
             .values(cancel_requested_at=now)
         )
         if flagged.rowcount == 1:
+            if store.dialect.is_postgresql:  # delivered on commit, to the owner's listener
+                payload = f"{row.run_started_by}:{row.id}"
+                await conn.execute(select(func.pg_notify(cancel_channel(store), payload)))
             return CancelOutcome.FLAGGED_RUNNING, row
     raise RuntimeError(f"run {run_id} kept changing while being cancelled")
 
