@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import MakeJobsD, fetch_runs
@@ -144,3 +145,13 @@ def test_duplicate_registration(make_jobsd: MakeJobsD) -> None:
     jd.register_schedule("s", every_second)
     with pytest.raises(ValueError, match="already registered"):
         jd.register_schedule("s", every_second)
+
+
+async def test_run_at_with_another_time_zone_is_honoured(jd: JobsD) -> None:
+    paris = ZoneInfo("Europe/Paris")
+    when = (datetime.now(UTC) + timedelta(seconds=0.5)).astimezone(paris)
+    run_id = await jd.create_run("add", 1, 2).run_at(when)
+    state = await jd.wait_for_run(run_id, timeout=10)
+    assert state.result == 3
+    assert state.run_started_at is not None
+    assert state.run_started_at >= when - timedelta(milliseconds=5)
