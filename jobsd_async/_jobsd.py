@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
 
-from sqlalchemy import MetaData, event, literal
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._clock import Clock, DbClock, system_clock
 from ._config import (
@@ -37,26 +36,19 @@ from ._config import (
     to_seconds,
 )
 from ._creator import Conn, RunCreator, RunRequest
-from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError, UnknownScheduleError
-from ._jobs import Job, decode_result, encode_args
+from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError
+from ._jobs import Args, Job, decode_result
 from ._runner import Runner
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
-from ._schedules import BUILTIN_PREFIXES, ScheduleFunc, next_tick, resolve
+from ._schedules import BUILTIN_PREFIXES, ScheduleFunc
 from ._signal import Signal
-from ._store import _cancel, _create, _instances, _prune, _read
+from ._store import _cancel, _instances, _prune, _read
 from ._store._dialect import Dialect, wrap_errors
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
+from ._submission import Submitter
 
 __all__ = ("JobsD",)
-
-
-def on_commit(conn: Conn, callback: Callable[[], None]) -> None:
-    """Call ``callback`` once the caller's transaction on ``conn`` commits."""
-    if isinstance(conn, AsyncSession):
-        event.listen(conn.sync_session, "after_commit", lambda _session: callback(), once=True)
-    else:
-        event.listen(conn.sync_connection, "commit", lambda _conn: callback(), once=True)
 
 
 P = ParamSpec("P")
@@ -135,6 +127,7 @@ class JobsD:
         self._state = _State.NEW
         self._store: Store | None = None
         self._runner: Runner | None = None
+        self._submitter: Submitter | None = None
         self._instance_id: int | None = None
         self._created_at: datetime | None = None
         self._shutdown_at: datetime | None = None
@@ -354,10 +347,12 @@ class JobsD:
                 await runner.start()
                 stack.push_async_callback(runner.stop)
                 self._runner = runner
+                self._submitter = Submitter(store, runner, self._clock, self._instance_id, self._schedules)
                 self._exit_stack = stack.pop_all()
         except BaseException:
             self._state = _State.STOPPED
             self._runner = None
+            self._submitter = None
             raise
         self._state = _State.STARTED
         self.logger.info(
@@ -428,14 +423,14 @@ class JobsD:
             )
         self._shutdown_at = self._clock.now()
 
-    def _require_started(self) -> tuple[Store, Runner]:
-        if self._state is not _State.STARTED or self._store is None or self._runner is None:
+    def _require_started(self) -> Submitter:
+        if self._state is not _State.STARTED or self._submitter is None:
             if self._state in (_State.STOPPING, _State.STOPPED):
                 raise JobsDStateError("JobsD is down; create and start a new JobsD to submit runs")
             raise JobsDStateError(
                 "JobsD is not running; use `async with JobsD(engine) as jd:` or `await jd.up()` first"
             )
-        return self._store, self._runner
+        return self._submitter
 
     def _require_store(self) -> Store:
         if self._store is None:
@@ -464,65 +459,38 @@ class JobsD:
         return found
 
     async def _submit(self, request: RunRequest, conn: Conn | None) -> int:
-        store, runner = self._require_started()
-        job = self._resolve_job(request.job)
-        job.contract.check_args(job.name, request.args, request.kwargs)
-        args_json, kwargs_json = encode_args(job.name, request.args, request.kwargs)
-        options = request.options.over(job.options)
-        dialect = store.dialect
+        submitter = self._require_started()
+        return await submitter.one(self._resolve_job(request.job), request, conn)
 
-        success_limit = request.limit if request.schedule is not None else 1
-        due: datetime
-        run_at: Any
-        if request.schedule is not None:
-            func = resolve(request.schedule, self._schedules)
-            if func is None:
-                raise UnknownScheduleError(
-                    f"schedule {request.schedule!r} is not registered on this instance"
-                )
-        if request.schedule is not None and (success_limit is None or success_limit > 0):
-            assert func is not None
-            base = request.at or self._clock.now() + timedelta(seconds=request.delay)
-            run_at = due = next_tick(request.schedule, func, base)
-        elif request.at is not None:
-            run_at = due = request.at
-        else:
-            due = self._clock.now() + timedelta(seconds=request.delay)
-            run_at = (
-                dialect.add_seconds(dialect.now(), literal(request.delay)) if request.delay else dialect.now()
-            )
+    @overload
+    async def create_runs(
+        self, job: Job[P], items: Iterable[tuple[Any, ...] | Args], *, conn: Conn | None = None
+    ) -> list[int]: ...
 
-        values = _create.first_row_values(
-            instance_id=self.instance_id,
-            name=request.unique if request.unique is not None else uuid.uuid4().hex,
-            job=job.name,
-            job_args=args_json,
-            job_kwargs=kwargs_json,
-            delay=request.delay,
-            run_at=run_at,
-            created_at=dialect.now(),
-            run_success_limit=success_limit,
-            run_timeout=options.run_timeout,  # type: ignore[arg-type]
-            retries_on_error_limit=options.retries_error_limit,  # type: ignore[arg-type]
-            retries_on_timeout_limit=options.retries_timeout_limit,  # type: ignore[arg-type]
-            retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
-            schedule=request.schedule,
-        )
-        if conn is None:
-            run_id, inserted = await wrap_errors(
-                dialect.retrying(lambda c: _create.insert_unique(store, c, values)), "creating a run"
-            )
-            if inserted and runner.is_runnable_here(job.name):
-                runner.enqueue(run_id, due)
-            return run_id
-        connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
-        run_id, inserted = await wrap_errors(
-            _create.insert_unique(store, connection, values), "creating a run in the caller's transaction"
-        )
-        if inserted and runner.is_runnable_here(job.name):
-            # The row exists only once the caller commits; queue it then, not before.
-            on_commit(conn, lambda: runner.enqueue(run_id, due))
-        return run_id
+    @overload
+    async def create_runs(
+        self, job: str, items: Iterable[tuple[Any, ...] | Args], *, conn: Conn | None = None
+    ) -> list[int]: ...
+
+    async def create_runs(
+        self, job: str | Job[Any], items: Iterable[tuple[Any, ...] | Args], *, conn: Conn | None = None
+    ) -> list[int]:
+        """Create many one-off runs of ``job`` in one multi-row insert; returns their run ids.
+
+        Each item is a tuple of positional arguments or an ``Args(*args, **kwargs)``.  Every
+        item is validated like ``create_run`` before anything is written: all or nothing.
+        """
+        submitter = self._require_started()
+        resolved = self._resolve_job(job)
+        requests = []
+        for item in items:
+            if isinstance(item, Args):
+                requests.append(RunRequest(job=resolved, args=item.args, kwargs=item.kwargs))
+            elif isinstance(item, tuple):
+                requests.append(RunRequest(job=resolved, args=item, kwargs={}))
+            else:
+                raise TypeError(f"each item must be a tuple of arguments or an Args, got {item!r}")
+        return await submitter.many(resolved, requests, conn)
 
     async def get_run_state(self, run_id: int) -> RunState:
         """The state of the run's chain (its latest row); raises RunNotFoundError."""
@@ -567,7 +535,8 @@ class JobsD:
         instance's ``heartbeat_interval`` elsewhere), then a task cancel after
         ``cancel_grace``; it is recorded as cancelled whatever the job does afterwards.
         """
-        store, runner = self._require_started()
+        submitter = self._require_started()
+        store, runner = submitter.store, submitter.runner
         outcome, row = await wrap_errors(
             store.dialect.retrying(lambda conn: _cancel.request_cancel(store, conn, run_id)),
             "cancelling a run",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, select
+from sqlalchemy import ClauseElement, ColumnElement, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,6 +31,22 @@ async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, A
         if existing is not None:
             return existing, False
     raise RuntimeError(f"unique name {values['name_active']!r} kept changing hands; giving up")
+
+
+async def insert_many(store: Store, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert first rows without unique names, in one round trip where the dialect allows."""
+    runs = store.runs
+    # SQL expressions (the database clock) are the same for every row: render them once.
+    shared = {k: v for k, v in rows[0].items() if isinstance(v, ClauseElement)}
+    params = [{k: v for k, v in row.items() if k not in shared} for row in rows]
+    stmt = insert(runs).values(**shared)
+    if store.dialect.insert_returning:
+        result = await conn.execute(stmt.returning(runs.c.id, sort_by_parameter_order=True), params)
+        return [int(i) for i in result.scalars()]
+    ids = []  # MySQL 8 has no RETURNING: one insert per row, still one transaction
+    for row in params:
+        ids.append(int((await conn.execute(stmt, row)).inserted_primary_key[0]))  # type: ignore[index]
+    return ids
 
 
 async def active_run_id(store: Store, conn: AsyncConnection, name: str) -> int | None:

@@ -1,0 +1,144 @@
+"""Submitting runs: validate, build each chain's first row, insert, queue locally.
+
+Everything is validated before anything is written.  With the caller's connection
+(transactional enqueue) the rows are inserted in the caller's transaction and queued here
+only once it commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, literal
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from ._clock import DbClock
+from ._creator import Conn, RunRequest
+from ._errors import UnknownScheduleError
+from ._jobs import Job, encode_args
+from ._runner import Runner
+from ._schedules import ScheduleFunc, next_tick, resolve
+from ._store import _create
+from ._store._dialect import wrap_errors
+from ._store._rows import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Submitter:
+    """What submissions need from a started instance."""
+
+    store: Store
+    runner: Runner
+    clock: DbClock
+    instance_id: int
+    schedules: Mapping[str, ScheduleFunc]
+
+    async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
+        """Insert one chain (or find the active one with its unique name); return its run id."""
+        values, due = self._first_row(job, request)
+        store = self.store
+        if conn is None:
+            run_id, inserted = await wrap_errors(
+                store.dialect.retrying(lambda c: _create.insert_unique(store, c, values)), "creating a run"
+            )
+        else:
+            connection = await _connection(conn)
+            run_id, inserted = await wrap_errors(
+                _create.insert_unique(store, connection, values), "creating a run in the caller's transaction"
+            )
+        if inserted:
+            self._queue(job, conn, [(run_id, due)])
+        return run_id
+
+    async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:
+        """Insert one-off chains in one multi-row insert; all or nothing."""
+        rows = [self._first_row(job, request) for request in requests]
+        if not rows:
+            return []
+        store = self.store
+        values = [v for v, _ in rows]
+        if conn is None:
+            ids = await wrap_errors(
+                store.dialect.retrying(lambda c: _create.insert_many(store, c, values)), "creating runs"
+            )
+        else:
+            connection = await _connection(conn)
+            ids = await wrap_errors(
+                _create.insert_many(store, connection, values), "creating runs in the caller's transaction"
+            )
+        self._queue(job, conn, [(run_id, due) for run_id, (_, due) in zip(ids, rows, strict=True)])
+        return ids
+
+    def _queue(self, job: Job[Any], conn: Conn | None, due_rows: list[tuple[int, datetime]]) -> None:
+        runner = self.runner
+        if not runner.is_runnable_here(job.name):
+            return
+
+        def enqueue() -> None:
+            for run_id, due in due_rows:
+                runner.enqueue(run_id, due)
+
+        if conn is None:
+            enqueue()
+        else:  # the rows exist only once the caller commits; queue them then, not before
+            _on_commit(conn, enqueue)
+
+    def _first_row(self, job: Job[Any], request: RunRequest) -> tuple[dict[str, Any], datetime]:
+        """The chain's first row, and when this instance should try to claim it."""
+        job.contract.check_args(job.name, request.args, request.kwargs)
+        args_json, kwargs_json = encode_args(job.name, request.args, request.kwargs)
+        options = request.options.over(job.options)
+        dialect = self.store.dialect
+        success_limit = request.limit if request.schedule is not None else 1
+        run_at: Any
+        func = None
+        if request.schedule is not None:
+            func = resolve(request.schedule, self.schedules)
+            if func is None:
+                raise UnknownScheduleError(
+                    f"schedule {request.schedule!r} is not registered on this instance"
+                )
+        if func is not None and request.schedule is not None and (success_limit is None or success_limit > 0):
+            base = request.at or self.clock.now() + timedelta(seconds=request.delay)
+            run_at = due = next_tick(request.schedule, func, base)
+        elif request.at is not None:
+            run_at = due = request.at
+        else:
+            due = self.clock.now() + timedelta(seconds=request.delay)
+            # The database clock decides: a run due now is claimable at once wherever it lands.
+            run_at = (
+                dialect.add_seconds(dialect.now(), literal(request.delay)) if request.delay else dialect.now()
+            )
+        values = _create.first_row_values(
+            instance_id=self.instance_id,
+            name=request.unique if request.unique is not None else uuid.uuid4().hex,
+            job=job.name,
+            job_args=args_json,
+            job_kwargs=kwargs_json,
+            delay=request.delay,
+            run_at=run_at,
+            created_at=dialect.now(),
+            run_success_limit=success_limit,
+            run_timeout=options.run_timeout,  # type: ignore[arg-type]
+            retries_on_error_limit=options.retries_error_limit,  # type: ignore[arg-type]
+            retries_on_timeout_limit=options.retries_timeout_limit,  # type: ignore[arg-type]
+            retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
+            schedule=request.schedule,
+        )
+        return values, due
+
+
+async def _connection(conn: Conn) -> AsyncConnection:
+    return await conn.connection() if isinstance(conn, AsyncSession) else conn
+
+
+def _on_commit(conn: Conn, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the caller's transaction on ``conn`` commits."""
+    if isinstance(conn, AsyncSession):
+        event.listen(conn.sync_session, "after_commit", lambda _session: callback(), once=True)
+    else:
+        event.listen(conn.sync_connection, "commit", lambda _conn: callback(), once=True)
