@@ -1,8 +1,10 @@
-"""Writing how an attempt ended: plan the follow-up, then retry the write until it lands.
+"""Writing how attempts ended: plan each follow-up, then write them in batches until they land.
 
-Used for the attempts this instance runs and for the rows its resurrector takes over.  A
-write that fails on a database error is retried with backoff until it succeeds or the row
-turns out to be closed already (resurrected elsewhere): then the late ending is discarded.
+Used for the attempts this instance runs and for the rows its resurrector takes over.
+Completions arriving within ``_FLUSH_DELAY`` share one transaction (up to ``_BATCH_MAX``).
+A write that fails on a database error is retried with backoff until it succeeds; a row
+that turns out to be closed already (resurrected elsewhere) has its late ending discarded.
+A crash before a batch is written leaves its rows running: the resurrector re-runs them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ._store._rows import RunRow, Store
 
 _RETRY_FIRST = 0.05  # seconds before the first retry of a failed write
 _RETRY_MAX = 5.0  # seconds, the backoff cap
+_BATCH_MAX = 200  # completions per transaction
+_FLUSH_DELAY = 0.002  # seconds a completion waits for others to share its transaction
+_CLOSE_TIMEOUT = 10.0  # seconds close() waits for buffered completions to be written
 
 
 class Completer:
@@ -47,47 +52,92 @@ class Completer:
         self._counters = counters
         self._on_follow_up = on_follow_up
         self._on_chain_change = on_chain_change
+        self._pending: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def record(self, row: RunRow, ending: Ending, *, owner_id: int) -> bool:
         """Close ``row`` (if ``owner_id`` still holds it open) and insert its follow-up.
 
-        Returns False when the row had already been closed: nothing was written.
+        Completions arriving within a few milliseconds share one transaction.  Returns False
+        when the row had already been closed: nothing was written for it.
         """
-        extra = {"instance_id": self._id, "run_id": row.run_id, "row_id": row.id, "job": row.job}
-        follow_up = self.plan(row, ending.outcome)
-        closing = _complete.Closing(
-            error=ending.error, result=ending.result, success=ending.outcome is Outcome.SUCCEEDED
+        item = _complete.Completion(
+            row=row,
+            closing=_complete.Closing(
+                error=ending.error, result=ending.result, success=ending.outcome is Outcome.SUCCEEDED
+            ),
+            follow_up=self.plan(row, ending.outcome),
+            owner_id=owner_id,
         )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((item, ending, future))
+        if len(self._pending) >= _BATCH_MAX:
+            self._start_flush()
+        elif self._flush_timer is None:
+            self._flush_timer = loop.call_later(_FLUSH_DELAY, self._start_flush)
+        # Shielded: a caller that gives up does not unwrite its completion.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Write what is buffered, then stop; a write still failing is abandoned."""
+        if self._pending:
+            self._start_flush()
+        if self._flushes:
+            _, stuck = await asyncio.wait(self._flushes, timeout=_CLOSE_TIMEOUT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+
+    def _start_flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.create_task(self._flush(batch), name=f"jobsd completions #{self._id}")
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]]) -> None:
+        items = [item for item, _, _ in batch]
         delay = _RETRY_FIRST
         while True:
             try:
-                done = await self._store.dialect.retrying(
-                    lambda conn: _complete.complete(
-                        self._store,
-                        conn,
-                        row=row,
-                        closing=closing,
-                        follow_up=follow_up,
-                        instance_id=self._id,
-                        owner_id=owner_id,
-                    )
+                results = await self._store.dialect.retrying(
+                    lambda conn: _complete.complete_many(self._store, conn, items, instance_id=self._id)
                 )
                 break
             except DRIVER_ERRORS as exc:
                 self._log.warning(
-                    "jobsd: recording run %s failed, retrying in %.2fs: %s", row.id, delay, exc, extra=extra
+                    "jobsd: recording %d runs failed, retrying in %.2fs: %s",
+                    len(items),
+                    delay,
+                    exc,
+                    extra={"instance_id": self._id, "row_ids": [i.row.id for i in items]},
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
-        if done is None:
-            return False
-        self._log.debug("jobsd: run %s %s", row.id, ending.outcome.value, extra=extra)
+        for (item, ending, future), done in zip(batch, results, strict=True):
+            if done is not None:
+                self._after(item, ending, done)
+            if not future.done():
+                future.set_result(done is not None)
+        self._on_chain_change()
+
+    def _after(self, item: _complete.Completion, ending: Ending, done: _complete.Completed) -> None:
+        row, follow_up = item.row, item.follow_up
+        self._log.debug(
+            "jobsd: run %s %s",
+            row.id,
+            "cancelled" if done.cancelled else ending.outcome.value,
+            extra={"instance_id": self._id, "run_id": row.run_id, "row_id": row.id, "job": row.job},
+        )
         if follow_up is not None and done.follow_up_id is not None:
             if follow_up.rescheduled:
                 self._counters.runs_rescheduled += 1
             self._on_follow_up(done.follow_up_id, follow_up.run_at or self._clock.now())
-        self._on_chain_change()
-        return True
 
     @property
     def schedule_names(self) -> list[str]:

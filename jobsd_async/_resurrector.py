@@ -63,14 +63,15 @@ class Resurrector:
                 limit=self._config.poll_limit,
                 instance_id=self._id,
             )
-        taken = 0
         ending = Ending(Outcome.TIMED_OUT, Outcome.TIMED_OUT.error_text())
-        for row in rows:
-            # Our own live attempts (and claims in flight) time out through their local timer.
-            if self._is_running_here(row.id):
-                continue
-            assert row.run_started_by is not None
-            if await self._completer.record(row, ending, owner_id=row.run_started_by):
+        # Our own live attempts (and claims in flight) time out through their local timer.
+        orphans = [row for row in rows if not self._is_running_here(row.id)]
+        won = await asyncio.gather(
+            *(self._completer.record(row, ending, owner_id=row.run_started_by or 0) for row in orphans)
+        )
+        taken = 0
+        for row, took in zip(orphans, won, strict=True):
+            if took:
                 taken += 1
                 self._counters.runs_timed_out_res += 1
                 self._log.warning(

@@ -149,6 +149,7 @@ class Runner:
                     extra=self._extra,
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
+        await self._completer.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _drain(self) -> None:

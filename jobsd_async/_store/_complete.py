@@ -1,21 +1,23 @@
-"""Completing an attempt: one transaction that closes the row and inserts its follow-up.
+"""Completing attempts: one transaction closes a batch of rows and inserts their follow-ups.
 
-The row is closed only if it is still incomplete and still owned by this instance; the
-unique name moves to the follow-up inside the same transaction, so no other chain can take
-it in between, and a chain that ends frees it.
+A row is closed only if it is still incomplete and still owned by its attempt's instance;
+the unique name moves to the follow-up inside the same transaction, so no other chain can
+take it in between, and a chain that ends frees it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, update
+from sqlalchemy import ColumnElement, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._chain import FollowUp
 from .._runs import CANCELLED_TEXT
+from ._create import insert_many
 from ._rows import RunRow, Store
 
 
@@ -36,52 +38,80 @@ class Completed:
     cancelled: bool = False
 
 
-async def complete(
-    store: Store,
-    conn: AsyncConnection,
-    *,
-    row: RunRow,
-    closing: Closing,
-    follow_up: FollowUp | None,
-    instance_id: int,
-    owner_id: int,
-) -> Completed | None:
-    """Close ``row`` and insert ``follow_up``.
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One row to close: how, with which follow-up, if ``owner_id`` still holds it open."""
 
-    Returns None when the row was no longer open or no longer ``owner_id``'s: nothing is
-    written.  A row whose chain a ``cancel_run`` asked to stop is closed as cancelled,
-    whatever ``closing`` says, and gets no follow-up.
+    row: RunRow
+    closing: Closing
+    follow_up: FollowUp | None
+    owner_id: int
+
+
+async def complete_many(
+    store: Store, conn: AsyncConnection, items: Sequence[Completion], *, instance_id: int
+) -> list[Completed | None]:
+    """Close many rows and insert their follow-ups, in the caller's one transaction.
+
+    A row is closed only if it is still open and owned by its item's ``owner_id``; else
+    its result is None and nothing is written for it.  A row whose chain ``cancel_run``
+    flagged is closed as cancelled, whatever its closing says, with no follow-up.
     """
     runs = store.runs
     now = store.dialect.now()
-    open_and_owned = (
-        runs.c.id == row.id,
-        runs.c.run_completed_at.is_(None),
-        runs.c.run_started_by == owner_id,
+    lookup = select(runs.c.id, runs.c.run_started_by, runs.c.cancel_requested_at).where(
+        runs.c.id.in_([item.row.id for item in items]), runs.c.run_completed_at.is_(None)
     )
-    result = await conn.execute(
-        update(runs)
-        .where(*open_and_owned, runs.c.cancel_requested_at.is_(None))
-        .values(
-            run_completed_at=now,
-            run_completed_error=closing.error,
-            run_result=closing.result,
-            name_active=None,
-            run_success_count=runs.c.run_success_count + (1 if closing.success else 0),
-        )
-    )
-    if result.rowcount != 1:
-        cancelled = await conn.execute(
+    if not store.dialect.is_sqlite:  # SQLite's BEGIN IMMEDIATE already excludes other writers
+        lookup = lookup.with_for_update()
+    open_rows = {r.id: r for r in await conn.execute(lookup)}
+    owned = [i for i in items if i.row.id in open_rows and open_rows[i.row.id].run_started_by == i.owner_id]
+    closing = [i for i in owned if open_rows[i.row.id].cancel_requested_at is None]
+    cancelled = {i.row.id for i in owned} - {i.row.id for i in closing}
+    if closing:
+        await conn.execute(
             update(runs)
-            .where(*open_and_owned, runs.c.cancel_requested_at.is_not(None))
+            .where(runs.c.id == bindparam("b_id"))
+            .values(
+                run_completed_at=now,
+                run_completed_error=bindparam("b_error"),
+                run_result=bindparam("b_result"),
+                name_active=None,
+                run_success_count=runs.c.run_success_count + bindparam("b_success"),
+            ),
+            [
+                {
+                    "b_id": i.row.id,
+                    "b_error": i.closing.error,
+                    "b_result": i.closing.result,
+                    "b_success": 1 if i.closing.success else 0,
+                }
+                for i in closing
+            ],
+        )
+    if cancelled:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id.in_(list(cancelled)))
             .values(run_completed_at=now, run_completed_error=CANCELLED_TEXT, name_active=None)
         )
-        return Completed(follow_up_id=None, cancelled=True) if cancelled.rowcount == 1 else None
-    if follow_up is None:
-        return Completed(follow_up_id=None)
-    values = follow_up_values(row, follow_up, instance_id=instance_id, now=now)
-    inserted = await conn.execute(insert(runs).values(values))
-    return Completed(follow_up_id=int(inserted.inserted_primary_key[0]))  # type: ignore[index]
+    following = [i for i in closing if i.follow_up is not None]
+    follow_up_ids: dict[int, int] = {}
+    if following:
+        rows = [follow_up_values(i.row, i.follow_up, instance_id=instance_id, now=now) for i in following]  # type: ignore[arg-type]
+        new_ids = await insert_many(store, conn, rows)
+        follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
+    results: list[Completed | None] = []
+    closed = {i.row.id for i in closing}
+    for item in items:
+        row_id = item.row.id
+        if row_id in cancelled:
+            results.append(Completed(follow_up_id=None, cancelled=True))
+        elif row_id in closed:
+            results.append(Completed(follow_up_id=follow_up_ids.get(row_id)))
+        else:
+            results.append(None)
+    return results
 
 
 def follow_up_values(

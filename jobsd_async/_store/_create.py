@@ -34,11 +34,28 @@ async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, A
 
 
 async def insert_many(store: Store, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert first rows without unique names, in one round trip where the dialect allows."""
+    """Insert rows without unique-name conflicts, one round trip per shape where possible.
+
+    A value that is a SQL expression (the database clock) is rendered once per statement,
+    so rows are grouped by which columns carry expressions; ids come back in row order.
+    """
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, row in enumerate(rows):
+        shape = tuple(sorted(k for k, v in row.items() if isinstance(v, ClauseElement)))
+        groups.setdefault(shape, []).append(index)
+    ids = [0] * len(rows)
+    for shape, indexes in groups.items():
+        shared = {k: rows[indexes[0]][k] for k in shape}
+        params = [{k: v for k, v in rows[i].items() if k not in shared} for i in indexes]
+        for index, new_id in zip(indexes, await _insert_group(store, conn, shared, params), strict=True):
+            ids[index] = new_id
+    return ids
+
+
+async def _insert_group(
+    store: Store, conn: AsyncConnection, shared: dict[str, Any], params: list[dict[str, Any]]
+) -> list[int]:
     runs = store.runs
-    # SQL expressions (the database clock) are the same for every row: render them once.
-    shared = {k: v for k, v in rows[0].items() if isinstance(v, ClauseElement)}
-    params = [{k: v for k, v in row.items() if k not in shared} for row in rows]
     stmt = insert(runs).values(**shared)
     if store.dialect.insert_returning:
         result = await conn.execute(stmt.returning(runs.c.id, sort_by_parameter_order=True), params)

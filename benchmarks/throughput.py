@@ -1,0 +1,137 @@
+"""Throughput and latency of jobsd_async on each backend.
+
+    python benchmarks/throughput.py [sqlite|postgresql|mariadb ...] [--runs N] [--repeat K]
+
+Prints, per backend (median of --repeat rounds):
+- burn-down: N pending no-op runs (inserted with create_runs) drained by one instance with
+  workers=100, counted until every row is recorded complete in the database;
+- one-at-a-time: N sequential ``create_run(...).run()`` calls on one instance that also
+  executes them, until all are complete;
+- start latency: a run created on instance A (workers=0) and executed by idle instance B,
+  p50/p95/p99 over 200 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from jobsd_async import JobsD, RunInfo
+
+URLS = {
+    "postgresql": os.environ.get("JOBSD_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
+    "mariadb": os.environ.get("JOBSD_BENCH_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"),
+}
+
+
+async def noop() -> None:
+    return None
+
+
+def make(engine: AsyncEngine, prefix: str, **options: object) -> JobsD:
+    jd = JobsD(engine, table_prefix=prefix, **options)  # type: ignore[arg-type]
+    jd.register_job("noop", noop)
+    return jd
+
+
+async def completed(jd: JobsD) -> int:
+    runs = jd.metadata.tables[next(n for n in jd.metadata.tables if n.endswith("runs"))]
+    async with jd.engine.connect() as conn:
+        query = select(func.count()).select_from(runs).where(runs.c.run_completed_at.is_not(None))
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def until_completed(jd: JobsD, count: int) -> None:
+    while await completed(jd) < count:
+        await asyncio.sleep(0.02)
+
+
+async def burn_down(engine: AsyncEngine, prefix: str, runs: int) -> float:
+    async with make(engine, prefix, workers=0) as producer:
+        for start in range(0, runs, 1000):
+            await producer.create_runs("noop", [() for _ in range(min(1000, runs - start))])
+    worker = make(engine, prefix, workers=100, poll_interval=0.05)
+    began = time.perf_counter()
+    async with worker:
+        await until_completed(worker, runs)
+        took = time.perf_counter() - began
+    return runs / took
+
+
+async def one_at_a_time(engine: AsyncEngine, prefix: str, runs: int) -> float:
+    async with make(engine, prefix, workers=100) as jd:
+        began = time.perf_counter()
+        for _ in range(runs):
+            await jd.create_run("noop").run()
+        await until_completed(jd, runs)
+        return runs / (time.perf_counter() - began)
+
+
+async def latency(engine: AsyncEngine, prefix: str, samples: int = 200) -> list[float]:
+    started: dict[int, float] = {}
+    worker = JobsD(engine, table_prefix=prefix, workers=10, poll_interval=1.0)
+
+    @worker.job(name="noop")
+    async def stamp(info: RunInfo) -> None:
+        started[info.id] = time.perf_counter()
+
+    producer = make(engine, prefix, workers=0)
+    out: list[float] = []
+    async with worker, producer:
+        for _ in range(samples):
+            sent = time.perf_counter()
+            run_id = await producer.create_run("noop").run()
+            while run_id not in started:
+                await asyncio.sleep(0.0005)
+            out.append((started[run_id] - sent) * 1000)
+            await asyncio.sleep(0.005)
+    return out
+
+
+async def fresh(url: str, work: Callable[[AsyncEngine, str], Awaitable[object]]) -> object:
+    engine = create_async_engine(url, pool_size=20, max_overflow=20) if "sqlite" not in url else create_async_engine(url)
+    prefix = f"bench{uuid.uuid4().hex[:8]}_"
+    try:
+        return await work(engine, prefix)
+    finally:
+        probe = JobsD(engine, table_prefix=prefix)
+        async with engine.begin() as conn:
+            await conn.run_sync(probe.metadata.drop_all)
+        await engine.dispose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("backends", nargs="*", default=["sqlite", "postgresql", "mariadb"])
+    parser.add_argument("--runs", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in args.backends:
+            url = URLS.get(backend) or f"sqlite+aiosqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db"
+            burn = [await fresh(url, lambda e, p: burn_down(e, p, args.runs)) for _ in range(args.repeat)]
+            single = [
+                await fresh(url, lambda e, p: one_at_a_time(e, p, min(args.runs, 5000))) for _ in range(args.repeat)
+            ]
+            lat = await fresh(url, latency)
+            assert isinstance(lat, list)
+            q = statistics.quantiles(lat, n=100)
+            print(
+                f"{backend:10s} burn-down {statistics.median(burn):8.0f} runs/s | "  # type: ignore[arg-type]
+                f"one-at-a-time {statistics.median(single):6.0f} runs/s | "  # type: ignore[arg-type]
+                f"start latency p50 {q[49]:.1f} ms p95 {q[94]:.1f} ms p99 {q[98]:.1f} ms",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
