@@ -46,8 +46,7 @@ async def test_retries_wait_for_the_backoff(make_jobsd: MakeJobsD) -> None:
     assert state.status is RunStatus.FAILED
     assert [(r["retry_backoff"], r["retry_backoff_cap"]) for r in rows] == [(0.3, 0.5)] * 3
     waits = [
-        (later["run_at"] - earlier["run_completed_at"]).total_seconds()
-        for earlier, later in pairwise(rows)
+        (later["run_at"] - earlier["run_completed_at"]).total_seconds() for earlier, later in pairwise(rows)
     ]
     slack = 0.05  # run_at comes from the instance's estimate of the database clock
     assert 0.15 - slack <= waits[0] <= 0.3 + slack
