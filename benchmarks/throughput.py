@@ -21,12 +21,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD
 
+T = TypeVar("T")
 URLS = {
     "postgresql": os.environ.get(
         "JOBSD_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -40,7 +42,7 @@ async def noop() -> None:
 
 
 def make(engine: AsyncEngine, prefix: str, **options: object) -> JobsD:
-    jd = JobsD(engine, table_prefix=prefix, **options)  # type: ignore[arg-type]
+    jd = JobsD(engine, table_prefix=prefix, **options)
     jd.register_job("noop", noop)
     return jd
 
@@ -103,7 +105,7 @@ async def latency(engine: AsyncEngine, prefix: str, samples: int = 200) -> list[
     return out
 
 
-async def fresh(url: str, work: Callable[[AsyncEngine, str], Awaitable[object]]) -> object:
+async def fresh(url: str, work: Callable[[AsyncEngine, str], Awaitable[T]]) -> T:
     engine = (
         create_async_engine(url, pool_size=20, max_overflow=20)
         if "sqlite" not in url
@@ -134,11 +136,10 @@ async def main() -> None:
                 for _ in range(args.repeat)
             ]
             lat = await fresh(url, latency)
-            assert isinstance(lat, list)
             q = statistics.quantiles(lat, n=100)
             print(
-                f"{backend:10s} burn-down {statistics.median(burn):8.0f} runs/s | "  # type: ignore[arg-type]
-                f"one-at-a-time {statistics.median(single):6.0f} runs/s | "  # type: ignore[arg-type]
+                f"{backend:10s} burn-down {statistics.median(burn):8.0f} runs/s | "
+                f"one-at-a-time {statistics.median(single):6.0f} runs/s | "
                 f"start latency p50 {q[49]:.1f} ms p95 {q[94]:.1f} ms p99 {q[98]:.1f} ms",
                 flush=True,
             )
