@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -41,7 +41,7 @@ async def noop() -> None:
     return None
 
 
-def make(engine: AsyncEngine, prefix: str, **options: object) -> JobsD:
+def make(engine: AsyncEngine, prefix: str, **options: Any) -> JobsD:
     jd = JobsD(engine, table_prefix=prefix, **options)
     jd.register_job("noop", noop)
     return jd
