@@ -11,11 +11,12 @@ from datetime import datetime
 
 
 class LocalQueue:
-    __slots__ = ("_due", "_heap")
+    __slots__ = ("_due", "_heap", "_tries")
 
     def __init__(self) -> None:
         self._heap: list[tuple[datetime, int]] = []
         self._due: dict[int, datetime] = {}
+        self._tries: dict[int, int] = {}  # claims tried for an id that found nothing
 
     def __len__(self) -> int:
         return len(self._due)
@@ -48,9 +49,20 @@ class LocalQueue:
             out.append(row_id)
         return out
 
+    def note_try(self, row_id: int) -> int:
+        """Count a claim prompted by ``row_id`` that did not get it; returns the count."""
+        tries = self._tries.get(row_id, 0) + 1
+        self._tries[row_id] = tries
+        return tries
+
+    def forget(self, row_id: int) -> None:
+        """Drop ``row_id``'s try count (it was claimed, or given up on)."""
+        self._tries.pop(row_id, None)
+
     def clear(self) -> None:
         self._heap.clear()
         self._due.clear()
+        self._tries.clear()
 
     def _drop_stale(self) -> None:
         # An id pushed again earlier leaves its older entry behind; skip it lazily.

@@ -62,6 +62,7 @@ class Resurrector:
                 schedules=self._completer.schedule_names,
                 limit=self._config.poll_limit,
                 instance_id=self._id,
+                own_grace=self._config.heartbeat_interval,
             )
         ending = Ending(Outcome.TIMED_OUT, Outcome.TIMED_OUT.error_text())
         # Our own live attempts (and claims in flight) time out through their local timer.

@@ -23,7 +23,7 @@ from ._chain import Outcome
 from ._clock import DbClock
 from ._completer import Completer
 from ._config import Config
-from ._jobs import Job, decode_args, encode_result
+from ._jobs import Job, encode_result
 from ._listener import CancelListener
 from ._queue import LocalQueue
 from ._resurrector import Resurrector
@@ -34,6 +34,7 @@ from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
 
 _EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
+_EARLY_TRIES = 5  # ... this many times, then leave the row to the poller
 _COMPLETION_DRAIN = 10.0  # seconds down() waits for completions still being written
 _LOOPS_STOP = 10.0  # seconds down() waits for the loops to finish their current step
 
@@ -64,7 +65,6 @@ class Runner:
         self._extra = {"instance_id": instance_id}
         self._queue = LocalQueue()
         self._attempts: dict[int, Attempt] = {}  # by row id, until the completion is written
-        self._claiming: set[int] = set()  # row ids of the claim in flight
         self._wakeup = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -92,7 +92,7 @@ class Runner:
             completer=self._completer,
             counters=counters,
             instance_id=instance_id,
-            is_running_here=self._is_tracked,
+            is_running_here=self._attempts.__contains__,
             stop=self._stopping,
         )
         self._listener = (
@@ -182,9 +182,6 @@ class Runner:
         if self._queue.push(row_id, due):
             self._wakeup.set()
 
-    def _is_tracked(self, row_id: int) -> bool:
-        return row_id in self._attempts or row_id in self._claiming
-
     def is_runnable_here(self, job: str) -> bool:
         return self._config.workers > 0 and job in self._jobs
 
@@ -210,27 +207,8 @@ class Runner:
                 horizon=self._config.poll_interval,
                 limit=self._config.poll_limit,
             )
-        for row in rows:
-            if self._accepts(row):
-                self.enqueue(row.id, row.run_at)
-
-    def _accepts(self, row: RunRow) -> bool:
-        """Whether this instance could run the row; rows it cannot are left to others."""
-        job = self._jobs.get(row.job)
-        if job is None:
-            return False
-        try:
-            args, kwargs = decode_args(row.job_args, row.job_kwargs)
-            job.contract.check_args(row.job, args, kwargs)
-        except (ValueError, TypeError) as exc:
-            self._log.warning(
-                "jobsd: leaving run %s to other instances: %s",
-                row.id,
-                exc,
-                extra={**self._extra, "run_id": row.run_id, "job": row.job},
-            )
-            return False
-        return True
+        for row_id, run_at in rows:
+            self.enqueue(row_id, run_at)
 
     # ---------------------------------------------------------------- dispatcher
 
@@ -241,9 +219,9 @@ class Runner:
             timeout: float | None = None
             if free > 0:
                 now = self._clock.now()
-                ids = self._queue.pop_due(now, self._config.poll_limit)
-                if ids:
-                    await self._claim_and_start(ids, free)
+                due = self._queue.pop_due(now, self._config.poll_limit)
+                if due:
+                    await self._claim_and_start(due, free)
                     continue
                 head = self._queue.next_due()
                 if head is not None:
@@ -251,31 +229,50 @@ class Runner:
             if not self._stopping.is_set():
                 await wait_event(self._wakeup, timeout)
 
-    async def _claim_and_start(self, ids: list[int], free: int) -> None:
-        ids = [i for i in ids if i not in self._attempts]
-        if not ids:
-            return
-        self._claiming.update(ids)
+    async def _claim_and_start(self, due: list[int], free: int) -> None:
+        """Claim up to ``free`` due rows; ``due`` are the queued ids that prompted it."""
+        store = self._store
         try:
-            claimed = await self._store.dialect.retrying(
-                lambda conn: _claim.claim(self._store, conn, ids=ids, limit=free, instance_id=self._id)
+            won = await store.dialect.retrying(
+                lambda conn: _claim.claim_due(
+                    store,
+                    conn,
+                    jobs=list(self._jobs),
+                    schedules=list(self._schedules),
+                    limit=free,
+                    instance_id=self._id,
+                    tracked=list(self._attempts),
+                )
             )
         except DRIVER_ERRORS as exc:
             # The claim may have committed before the error: such rows are ours but not
-            # running; the resurrector finds them (rows of ours that we do not track).
-            self._claiming.difference_update(ids)
+            # running; a later claim or the resurrector picks them up.
             self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
             retry_at = self._clock.now() + timedelta(seconds=1)
-            for row_id in ids:
+            for row_id in due:
                 self.enqueue(row_id, retry_at)
             return
-        retry_at = self._clock.now() + _EARLY_RETRY
-        for row_id, run_at in claimed.pending:
-            self.enqueue(row_id, max(run_at, retry_at))
-        for row in claimed.won:
+        for row in won:
             self._counters.runs_started += 1
+            self._queue.forget(row.id)
             self._start(row)
-        self._claiming.difference_update(ids)
+        if len(won) == free:
+            # Slots ran out first: what was due is still worth a claim once one frees up.
+            retry_at = self._clock.now()
+            for row_id in due:
+                if row_id not in self._attempts:
+                    self.enqueue(row_id, retry_at)
+        else:
+            # The database had nothing more for us: the rest were taken by others, or are not
+            # due yet by the database clock (then try again shortly, a few times).
+            retry_at = self._clock.now() + _EARLY_RETRY
+            for row_id in due:
+                if row_id in self._attempts:
+                    continue
+                if self._queue.note_try(row_id) < _EARLY_TRIES:
+                    self.enqueue(row_id, retry_at)
+                else:
+                    self._queue.forget(row_id)
 
     def _start(self, row: RunRow) -> None:
         job = self._jobs[row.job]

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from jobsd_async import JobsD, RunInfo, RunStatus, ScheduleFunc
 from jobsd_async._store import _claim
+from jobsd_async._store._rows import RunRow
 
 WAIT = 10.0  # seconds; an upper bound for waits that are expected to end far sooner
 
@@ -84,15 +85,25 @@ async def test_runnable_lock(make_jobsd: MakeJobsD) -> None:
     assert near(s1.created_at, s0.created_at, 0.001)
 
     store = jd._require_store()
-    first = await store.dialect.retrying(
-        lambda conn: _claim.claim(store, conn, ids=[r0], limit=1, instance_id=jd.instance_id)
-    )
-    assert [row.id for row in first.won] == [r0]
-    assert first.won[0].run_started_by == jd.instance_id
-    second = await store.dialect.retrying(
-        lambda conn: _claim.claim(store, conn, ids=[r0], limit=1, instance_id=other.instance_id)
-    )
-    assert second.won == []
+
+    async def claim(instance_id: int) -> list[RunRow]:
+        return await store.dialect.retrying(
+            lambda conn: _claim.claim_due(
+                store,
+                conn,
+                jobs=["TestRunnableLock"],
+                schedules=[],
+                limit=1,
+                instance_id=instance_id,
+                tracked=[],
+            )
+        )
+
+    first = await claim(jd.instance_id)
+    assert [row.id for row in first] == [r0]
+    assert first[0].run_started_by == jd.instance_id
+    second = await claim(other.instance_id)
+    assert second == []
 
     state = await jd.get_run_state(r0)
     assert state.status is RunStatus.RUNNING

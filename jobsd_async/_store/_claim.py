@@ -1,27 +1,19 @@
 """Finding due work (the poll) and claiming it.
 
-A claim is one conditional UPDATE: it takes a row only while it is still pending and due
-by the database clock, so exactly one instance ever wins a given row.
+The poll only tells an instance *when* to try; the claim decides what it gets.  A claim
+is one UPDATE that takes pending rows only while they are still pending and due by the
+database clock, so exactly one instance ever wins a given row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import and_, case, literal, null, select, update
+from sqlalchemy import case, literal, null, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import RunRow, Store, schedule_computable
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    won: list[RunRow]
-    # Candidates still pending: beyond the limit, not yet due by the database clock, or
-    # locked by another claimer.  Worth trying again; the rest were taken or closed.
-    pending: list[tuple[int, datetime]]
 
 
 async def poll_due(
@@ -32,14 +24,14 @@ async def poll_due(
     schedules: Collection[str],
     horizon: float,
     limit: int,
-) -> list[RunRow]:
-    """Pending rows this instance can run that are due within ``horizon`` seconds, soonest first."""
+) -> list[tuple[int, datetime]]:
+    """Ids and due times of pending rows this instance can run, due within ``horizon`` s."""
     if not jobs:
         return []
     runs = store.runs
     dialect = store.dialect
     stmt = (
-        select(runs)
+        select(runs.c.id, runs.c.run_at)
         .where(
             runs.c.run_started_at.is_(None),
             runs.c.job.in_(list(jobs)),
@@ -50,26 +42,34 @@ async def poll_due(
         .order_by(runs.c.run_at, runs.c.id)
         .limit(limit)
     )
-    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
+    return [(int(r.id), r.run_at) for r in await conn.execute(stmt)]
 
 
-async def claim(
-    store: Store, conn: AsyncConnection, *, ids: Sequence[int], limit: int, instance_id: int
-) -> ClaimResult:
-    """Claim up to ``limit`` of the given rows that are still pending and due, soonest first.
+async def claim_due(
+    store: Store,
+    conn: AsyncConnection,
+    *,
+    jobs: Collection[str],
+    schedules: Collection[str],
+    limit: int,
+    instance_id: int,
+    tracked: Collection[int],
+) -> list[RunRow]:
+    """Claim up to ``limit`` pending rows of these jobs that are due by the database clock.
 
-    The candidates may be stale (taken by others since they were polled); one statement
-    skips those, so a crowd of instances does not pay a round trip per stale row.  The
-    caller must not already own any of them.
+    One statement picks and claims them, soonest first; concurrent claimers skip each
+    other's rows (``SKIP LOCKED`` on PostgreSQL) or wait and re-check (MySQL, SQLite), so a
+    row is only ever claimed once.  ``tracked`` are the rows this instance already runs.
     """
     runs = store.runs
     dialect = store.dialect
     now = dialect.now()
     claimable = (
-        runs.c.id.in_(list(ids)),
         runs.c.run_started_at.is_(None),
         runs.c.run_completed_at.is_(None),
         runs.c.run_at <= now,
+        runs.c.job.in_(list(jobs)),
+        schedule_computable(runs, schedules),
     )
     stmt = update(runs)
     if dialect.is_mysql:
@@ -81,9 +81,9 @@ async def claim(
             # Materialised, so the planner cannot re-run the SKIP LOCKED pick per outer row
             # (which could pick more than ``limit`` rows).
             picked = chosen.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-            stmt = stmt.where(*claimable, runs.c.id.in_(select(picked.c.id)))
+            stmt = stmt.where(runs.c.id.in_(select(picked.c.id)))
         else:
-            stmt = stmt.where(*claimable, runs.c.id.in_(chosen.scalar_subquery()))
+            stmt = stmt.where(runs.c.id.in_(chosen.scalar_subquery()))
     stmt = stmt.values(
         run_started_at=now,
         run_started_by=instance_id,
@@ -94,33 +94,11 @@ async def claim(
         ),
     )
     if dialect.update_returning:
-        won = [RunRow.of(m) for m in (await conn.execute(stmt.returning(runs))).mappings()]
-    else:
-        await conn.execute(stmt)
-        won = [
-            RunRow.of(m)
-            for m in (
-                await conn.execute(
-                    select(runs).where(
-                        runs.c.id.in_(list(ids)),
-                        runs.c.run_started_by == instance_id,
-                        runs.c.run_completed_at.is_(None),
-                    )
-                )
-            ).mappings()
-        ]
-    won_ids = {r.id for r in won}
-    lost = [i for i in ids if i not in won_ids]
-    pending: list[tuple[int, datetime]] = []
-    if lost:
-        rows = await conn.execute(
-            select(runs.c.id, runs.c.run_at).where(
-                and_(
-                    runs.c.id.in_(lost),
-                    runs.c.run_started_at.is_(None),
-                    runs.c.run_completed_at.is_(None),
-                )
-            )
-        )
-        pending = [(int(r.id), r.run_at) for r in rows]
-    return ClaimResult(won=won, pending=pending)
+        return [RunRow.of(m) for m in (await conn.execute(stmt.returning(runs))).mappings()]
+    await conn.execute(stmt)
+    # Without RETURNING: ours, open, and not already running here.  This also picks up a row
+    # whose earlier claim committed but whose answer was lost, which is what we want.
+    won = select(runs).where(runs.c.run_started_by == instance_id, runs.c.run_completed_at.is_(None))
+    if tracked:
+        won = won.where(runs.c.id.not_in(list(tracked)))
+    return [RunRow.of(m) for m in (await conn.execute(won)).mappings()]

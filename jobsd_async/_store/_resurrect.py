@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import ColumnElement, literal, or_, select
+from sqlalchemy import ColumnElement, and_, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import RunRow, Store, schedule_computable
@@ -24,7 +24,13 @@ def instance_gone(store: Store) -> ColumnElement[bool]:
 
 
 async def find_orphans(
-    store: Store, conn: AsyncConnection, *, schedules: Collection[str], limit: int, instance_id: int
+    store: Store,
+    conn: AsyncConnection,
+    *,
+    schedules: Collection[str],
+    limit: int,
+    instance_id: int,
+    own_grace: float,
 ) -> list[RunRow]:
     """Running rows past ``run_timeout_at``, or whose owner died or shut down, oldest first.
 
@@ -41,7 +47,15 @@ async def find_orphans(
         .where(
             runs.c.run_completed_at.is_(None),
             runs.c.run_started_at.is_not(None),
-            or_(runs.c.run_timeout_at <= now, owner_gone, runs.c.run_started_by == instance_id),
+            or_(
+                runs.c.run_timeout_at <= now,
+                owner_gone,
+                # ours but untracked: a claim whose answer was lost (given time to be tracked)
+                and_(
+                    runs.c.run_started_by == instance_id,
+                    runs.c.run_started_at < dialect.add_seconds(now, literal(-own_grace)),
+                ),
+            ),
             schedule_computable(runs, schedules),
         )
         .order_by(runs.c.id)
