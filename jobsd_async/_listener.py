@@ -1,7 +1,10 @@
-"""PostgreSQL LISTEN/NOTIFY: hear ``cancel_run`` at once on the instance running the run.
+"""PostgreSQL LISTEN/NOTIFY: wake-ups for new rows, and ``cancel_run`` at once.
 
-Elsewhere (and whenever the listening connection is down) the owner's periodic check at
-every heartbeat finds the flag instead, so a notification is only ever a shortcut.
+Every insert of runs notifies ``{prefix}new`` (in the inserting transaction, so only on
+commit): listening instances try a claim at once instead of at their next poll.
+``cancel_run`` notifies ``{prefix}cancel`` with ``owner:row``.  Both are shortcuts only: the
+poller and the heartbeat's cancel check remain, and cover any time the listening
+connection is down (it is re-established at every heartbeat).
 """
 
 from __future__ import annotations
@@ -15,20 +18,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ._store._dialect import DRIVER_ERRORS
 
 
-class CancelListener:
-    """Holds one pooled connection LISTENing on the instance's cancel channel."""
+class PgListener:
+    """Holds one pooled connection LISTENing on the (new rows, cancels) channels."""
 
     def __init__(
         self,
         engine: AsyncEngine,
-        channel: str,
+        channels: tuple[str, str],
         instance_id: int,
+        *,
+        on_new: Callable[[], None],
         on_cancel: Callable[[int], None],
         logger: logging.Logger,
     ) -> None:
         self._engine = engine
-        self._channel = channel
+        self._new, self._cancel = channels
         self._id = instance_id
+        self._on_new = on_new
         self._on_cancel = on_cancel
         self._log = logger
         self._conn: AsyncConnection | None = None
@@ -39,12 +45,16 @@ class CancelListener:
         if self._driver is not None and not self._driver.is_closed():
             return
         await self.stop()
+        conn = None
         try:
             conn = await self._engine.connect()
             driver: Any = (await conn.get_raw_connection()).driver_connection
-            await driver.add_listener(self._channel, self._notified)
+            await driver.add_listener(self._new, self._new_rows)
+            await driver.add_listener(self._cancel, self._cancelled)
         except DRIVER_ERRORS as exc:
-            self._log.warning("jobsd: cannot listen for cancels: %s", exc, extra={"instance_id": self._id})
+            self._log.warning("jobsd: cannot LISTEN, polling only: %s", exc, extra={"instance_id": self._id})
+            if conn is not None:
+                await conn.invalidate()
             return
         self._conn, self._driver = conn, driver
 
@@ -54,12 +64,16 @@ class CancelListener:
             return
         try:
             if not driver.is_closed():
-                await driver.remove_listener(self._channel, self._notified)
+                await driver.remove_listener(self._new, self._new_rows)
+                await driver.remove_listener(self._cancel, self._cancelled)
             await conn.close()
         except DRIVER_ERRORS:
             await conn.invalidate()
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _new_rows(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._on_new()
+
+    def _cancelled(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         owner, _, row_id = payload.partition(":")
         if owner == str(self._id) and row_id.isdigit():
             self._on_cancel(int(row_id))

@@ -24,7 +24,7 @@ from ._clock import DbClock
 from ._completer import Completer
 from ._config import Config
 from ._jobs import Job, encode_result
-from ._listener import CancelListener
+from ._listener import PgListener
 from ._queue import LocalQueue
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
@@ -95,13 +95,15 @@ class Runner:
             is_running_here=self._attempts.__contains__,
             stop=self._stopping,
         )
+        self._claim_now = False  # a NOTIFY said rows were inserted: try a claim at once
         self._listener = (
-            CancelListener(
+            PgListener(
                 store.dialect.engine,
-                _cancel.cancel_channel(store),
+                (store.new_channel, store.cancel_channel),
                 instance_id,
-                self.cancel_local,
-                config.logger,
+                on_new=self._rows_inserted,
+                on_cancel=self.cancel_local,
+                logger=config.logger,
             )
             if store.dialect.is_postgresql and config.workers > 0
             else None
@@ -220,7 +222,8 @@ class Runner:
             if free > 0:
                 now = self._clock.now()
                 due = self._queue.pop_due(now, self._config.poll_limit)
-                if due:
+                if due or self._claim_now:
+                    self._claim_now = False
                     await self._claim_and_start(due, free)
                     continue
                 head = self._queue.next_due()
@@ -336,6 +339,10 @@ class Runner:
             self._log.warning(
                 "jobsd: run %s timed out", attempt.row.id, extra={**self._extra, **attempt.log_extra}
             )
+
+    def _rows_inserted(self) -> None:
+        self._claim_now = True
+        self._wakeup.set()
 
     def cancel_local(self, row_id: int) -> None:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""

@@ -13,11 +13,6 @@ from ._read import latest_of_chain
 from ._rows import RunRow, Store
 
 
-def cancel_channel(store: Store) -> str:
-    """The PostgreSQL NOTIFY channel of this table prefix's cancels."""
-    return store.runs.name.removesuffix("runs") + "cancel"
-
-
 class CancelOutcome(enum.Enum):
     NOT_FOUND = "not found"
     ALREADY_FINISHED = "already finished"
@@ -62,7 +57,7 @@ async def request_cancel(
         if flagged.rowcount == 1:
             if store.dialect.is_postgresql:  # delivered on commit, to the owner's listener
                 payload = f"{row.run_started_by}:{row.id}"
-                await conn.execute(select(func.pg_notify(cancel_channel(store), payload)))
+                await conn.execute(select(func.pg_notify(store.cancel_channel, payload)))
             return CancelOutcome.FLAGGED_RUNNING, row
     raise RuntimeError(f"run {run_id} kept changing while being cancelled")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, ColumnElement, insert, select
+from sqlalchemy import ClauseElement, ColumnElement, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -44,6 +44,7 @@ async def insert_many(store: Store, conn: AsyncConnection, rows: list[dict[str, 
         shape = tuple(sorted(k for k, v in row.items() if isinstance(v, ClauseElement)))
         groups.setdefault(shape, []).append(index)
     ids = [0] * len(rows)
+    await notify_new(store, conn)
     for shape, indexes in groups.items():
         shared = {k: rows[indexes[0]][k] for k in shape}
         params = [{k: v for k, v in rows[i].items() if k not in shared} for i in indexes]
@@ -66,6 +67,12 @@ async def _insert_group(
     return ids
 
 
+async def notify_new(store: Store, conn: AsyncConnection) -> None:
+    """On PostgreSQL, wake listening instances when this transaction commits."""
+    if store.dialect.is_postgresql:
+        await conn.execute(select(func.pg_notify(store.new_channel, "")))
+
+
 async def active_run_id(store: Store, conn: AsyncConnection, name: str) -> int | None:
     runs = store.runs
     row = (await conn.execute(select(runs.c.id, runs.c.origin_id).where(runs.c.name_active == name))).first()
@@ -85,7 +92,10 @@ async def _insert_if_name_free(store: Store, conn: AsyncConnection, values: dict
             .returning(runs.c.id)
         )
         new_id = (await conn.execute(stmt)).scalar_one_or_none()
-        return None if new_id is None else int(new_id)
+        if new_id is None:
+            return None
+        await notify_new(store, conn)
+        return int(new_id)
     if dialect.is_sqlite:
         result = await conn.execute(
             sqlite.insert(runs).values(values).on_conflict_do_nothing(index_elements=[runs.c.name_active])

@@ -28,6 +28,16 @@ class Store:
     def instances(self) -> Table:
         return self.tables.instances
 
+    @property
+    def new_channel(self) -> str:
+        """PostgreSQL NOTIFY channel announcing inserted runs."""
+        return self.runs.name.removesuffix("runs") + "new"
+
+    @property
+    def cancel_channel(self) -> str:
+        """PostgreSQL NOTIFY channel carrying ``cancel_run`` to the owner (``owner:row``)."""
+        return self.runs.name.removesuffix("runs") + "cancel"
+
 
 @dataclass(frozen=True, slots=True)
 class RunRow:
