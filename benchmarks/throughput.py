@@ -5,7 +5,7 @@
 Prints, per backend (median of --repeat rounds):
 - burn-down: N pending no-op runs (inserted with create_runs) drained by one instance with
   workers=100, counted until every row is recorded complete in the database;
-- one-at-a-time: N sequential ``create_run(...).run()`` calls on one instance that also
+- one-at-a-time: min(N, 1000) sequential ``create_run(...).run()`` calls on one instance that also
   executes them, until all are complete;
 - start latency: a run created on instance A (workers=0) and executed by idle instance B,
   p50/p95/p99 over 200 runs.
@@ -132,7 +132,7 @@ async def main() -> None:
             url = URLS.get(backend) or f"sqlite+aiosqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db"
             burn = [await fresh(url, lambda e, p: burn_down(e, p, args.runs)) for _ in range(args.repeat)]
             single = [
-                await fresh(url, lambda e, p: one_at_a_time(e, p, min(args.runs, 5000)))
+                await fresh(url, lambda e, p: one_at_a_time(e, p, min(args.runs, 1000)))
                 for _ in range(args.repeat)
             ]
             lat = await fresh(url, latency)
