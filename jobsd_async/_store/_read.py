@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._clock import DbClock
@@ -13,20 +14,18 @@ from ._rows import RunRow, Store
 
 async def latest_of_chain(store: Store, conn: AsyncConnection, run_id: int) -> RunRow | None:
     """The newest row of the chain whose first row is ``run_id`` (or that row itself)."""
-    runs = store.runs
-    row = (
-        (
-            await conn.execute(
-                select(runs)
-                .where(or_(runs.c.id == run_id, runs.c.origin_id == run_id))
-                .order_by(runs.c.id.desc())
-                .limit(1)
-            )
-        )
-        .mappings()
-        .first()
-    )
+    row = (await conn.execute(latest_statement(store, run_id))).mappings().first()
     return None if row is None else RunRow.of(row)
+
+
+def latest_statement(store: Store, run_id: int) -> Select[Any]:
+    runs = store.runs
+    return (
+        select(runs)
+        .where(or_(runs.c.id == run_id, runs.c.origin_id == run_id))
+        .order_by(runs.c.id.desc())
+        .limit(1)
+    )
 
 
 async def sample_clock(store: Store, conn: AsyncConnection, clock: DbClock) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._rows import RunRow, Store, schedule_computable
@@ -38,10 +39,19 @@ async def find_orphans(
     in a database fault leaves such a row, and the caller skips the ones it is running.
     Rows with a schedule this instance does not know are left for an instance that does.
     """
+    stmt = orphans_statement(
+        store, schedules=schedules, limit=limit, instance_id=instance_id, own_grace=own_grace
+    )
+    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
+
+
+def orphans_statement(
+    store: Store, *, schedules: Collection[str], limit: int, instance_id: int, own_grace: float
+) -> Select[Any]:
     runs, instances, dialect = store.runs, store.instances, store.dialect
     now = dialect.now()
     owner_gone = or_(instances.c.id.is_(None), instance_gone(store))
-    stmt = (
+    return (
         select(runs)
         .select_from(runs.outerjoin(instances, instances.c.id == runs.c.run_started_by))
         .where(
@@ -61,4 +71,3 @@ async def find_orphans(
         .order_by(runs.c.id)
         .limit(limit)
     )
-    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
