@@ -12,7 +12,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Executable,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    column,
+    func,
+    literal,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._chain import FollowUp
@@ -57,6 +72,102 @@ async def complete_many(
     its result is None and nothing is written for it.  A row whose chain ``cancel_run``
     flagged is closed as cancelled, whatever its closing says, with no follow-up.
     """
+    if store.dialect.is_postgresql:
+        closed, cancelled = await _close_in_one_statement(store, conn, items)
+    else:
+        closed, cancelled = await _lock_then_close(store, conn, items)
+    closing = [i for i in items if i.row.id in closed and i.row.id not in cancelled]
+    following = [i for i in closing if i.follow_up is not None]
+    follow_up_ids: dict[int, int] = {}
+    if following:
+        now = store.dialect.now()
+        rows = [follow_up_values(i.row, i.follow_up, instance_id=instance_id, now=now) for i in following]  # type: ignore[arg-type]
+        new_ids = await insert_many(store, conn, rows)
+        follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
+    results: list[Completed | None] = []
+    for item in items:
+        row_id = item.row.id
+        if row_id in cancelled:
+            results.append(Completed(follow_up_id=None, cancelled=True))
+        elif row_id in closed:
+            results.append(Completed(follow_up_id=follow_up_ids.get(row_id)))
+        else:
+            results.append(None)
+    return results
+
+
+async def _close_in_one_statement(
+    store: Store, conn: AsyncConnection, items: Sequence[Completion]
+) -> tuple[set[int], set[int]]:
+    """PostgreSQL: one UPDATE over the arrays of the batch; returns (closed ids, cancelled ids).
+
+    The statement text is the same for any batch, so it is prepared once per connection, and
+    its WHERE is re-checked on the locked row, so a row another transaction closed first
+    is skipped.
+    """
+    stmt = store.statement("complete", lambda: _close_statement(store))
+    result = await conn.execute(
+        stmt,
+        {
+            "ids": [i.row.id for i in items],
+            "owners": [i.owner_id for i in items],
+            "errors": [i.closing.error for i in items],
+            "results": [i.closing.result for i in items],
+            "successes": [1 if i.closing.success else 0 for i in items],
+        },
+    )
+    closed: set[int] = set()
+    cancelled: set[int] = set()
+    for row_id, was_cancelled in result:
+        closed.add(row_id)
+        if was_cancelled:
+            cancelled.add(row_id)
+    return closed, cancelled
+
+
+def _close_statement(store: Store) -> Executable:
+    runs = store.runs
+    batch = (
+        func.unnest(
+            bindparam("ids", type_=postgresql.ARRAY(BigInteger)),
+            bindparam("owners", type_=postgresql.ARRAY(BigInteger)),
+            bindparam("errors", type_=postgresql.ARRAY(Text)),
+            bindparam("results", type_=postgresql.ARRAY(Text)),
+            bindparam("successes", type_=postgresql.ARRAY(Integer)),
+        )
+        .table_valued(
+            column("id", BigInteger),
+            column("owner", BigInteger),
+            column("error", Text),
+            column("result", Text),
+            column("success", Integer),
+            name="batch",
+        )
+        .render_derived()
+    )
+    flagged = runs.c.cancel_requested_at.is_not(None)
+    return (
+        update(runs)
+        .where(
+            runs.c.id == batch.c.id,
+            runs.c.run_completed_at.is_(None),
+            runs.c.run_started_by == batch.c.owner,
+        )
+        .values(
+            run_completed_at=store.dialect.now(),
+            run_completed_error=case((flagged, literal(CANCELLED_TEXT)), else_=batch.c.error),
+            run_result=case((flagged, null()), else_=batch.c.result),
+            name_active=None,
+            run_success_count=runs.c.run_success_count + case((flagged, 0), else_=batch.c.success),
+        )
+        .returning(runs.c.id, flagged)
+    )
+
+
+async def _lock_then_close(
+    store: Store, conn: AsyncConnection, items: Sequence[Completion]
+) -> tuple[set[int], set[int]]:
+    """Lock the batch's open rows, then close them; returns (closed ids, cancelled ids)."""
     runs = store.runs
     now = store.dialect.now()
     lookup = select(runs.c.id, runs.c.run_started_by, runs.c.cancel_requested_at).where(
@@ -95,23 +206,7 @@ async def complete_many(
             .where(runs.c.id.in_(list(cancelled)))
             .values(run_completed_at=now, run_completed_error=CANCELLED_TEXT, name_active=None)
         )
-    following = [i for i in closing if i.follow_up is not None]
-    follow_up_ids: dict[int, int] = {}
-    if following:
-        rows = [follow_up_values(i.row, i.follow_up, instance_id=instance_id, now=now) for i in following]  # type: ignore[arg-type]
-        new_ids = await insert_many(store, conn, rows)
-        follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
-    results: list[Completed | None] = []
-    closed = {i.row.id for i in closing}
-    for item in items:
-        row_id = item.row.id
-        if row_id in cancelled:
-            results.append(Completed(follow_up_id=None, cancelled=True))
-        elif row_id in closed:
-            results.append(Completed(follow_up_id=follow_up_ids.get(row_id)))
-        else:
-            results.append(None)
-    return results
+    return {i.row.id for i in owned}, cancelled
 
 
 def follow_up_values(
