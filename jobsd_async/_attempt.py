@@ -30,7 +30,7 @@ class Ending:
 class Attempt:
     """A claimed row being executed here."""
 
-    __slots__ = ("args", "contract", "decode_error", "ending", "info", "kwargs", "row", "task")
+    __slots__ = ("_info", "args", "contract", "decode_error", "ending", "kwargs", "row", "task")
 
     def __init__(self, row: RunRow, contract: JobFunc) -> None:
         assert row.run_started_at is not None and row.run_started_by is not None
@@ -41,47 +41,60 @@ class Attempt:
             self.args, self.kwargs = decode_args(row.job_args, row.job_kwargs)
         except ValueError as exc:  # written by something other than jobsd_async
             self.args, self.kwargs, self.decode_error = (), {}, exc
-        self.info = RunInfo(
-            id=row.id,
-            origin_id=row.origin_id,
-            parent_id=row.parent_id,
-            name=row.name,
-            job=row.job,
-            job_args=self.args,
-            job_kwargs=dict(self.kwargs),
-            run_at=row.run_at,
-            run_total_count=row.run_total_count,
-            run_success_count=row.run_success_count,
-            run_success_limit=row.run_success_limit,
-            run_started_at=row.run_started_at,
-            run_started_by=row.run_started_by,
-            run_timeout=row.run_timeout,
-            run_timeout_at=row.run_timeout_at,
-            retries_on_error_count=row.retries_on_error_count,
-            retries_on_error_limit=row.retries_on_error_limit,
-            retries_on_timeout_count=row.retries_on_timeout_count,
-            retries_on_timeout_limit=row.retries_on_timeout_limit,
-            schedule=row.schedule,
-            created_at=row.created_at,
-            created_by=row.created_by,
-            cancel=asyncio.Event(),
-        )
         self.ending: Ending | None = None
         self.task: asyncio.Task[Any] | None = None
+        self._info: RunInfo | None = None  # built only for jobs that take it
+
+    @property
+    def info(self) -> RunInfo:
+        """The RunInfo handed to the job (its ``cancel`` is set when the attempt is stopped)."""
+        if self._info is None:
+            row = self.row
+            assert row.run_started_at is not None and row.run_started_by is not None
+            self._info = RunInfo(
+                id=row.id,
+                origin_id=row.origin_id,
+                parent_id=row.parent_id,
+                name=row.name,
+                job=row.job,
+                job_args=self.args,
+                job_kwargs=dict(self.kwargs),
+                run_at=row.run_at,
+                run_total_count=row.run_total_count,
+                run_success_count=row.run_success_count,
+                run_success_limit=row.run_success_limit,
+                run_started_at=row.run_started_at,
+                run_started_by=row.run_started_by,
+                run_timeout=row.run_timeout,
+                run_timeout_at=row.run_timeout_at,
+                retries_on_error_count=row.retries_on_error_count,
+                retries_on_error_limit=row.retries_on_error_limit,
+                retries_on_timeout_count=row.retries_on_timeout_count,
+                retries_on_timeout_limit=row.retries_on_timeout_limit,
+                schedule=row.schedule,
+                created_at=row.created_at,
+                created_by=row.created_by,
+                cancel=asyncio.Event(),
+            )
+            if self.ending is not None and self.ending.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+                self._info.cancel.set()
+        return self._info
 
     async def call(self, executor: Executor) -> Any:
         """Run the job function with this attempt's arguments."""
         if self.decode_error is not None:
             raise self.decode_error
-        return await self.contract.call(self.info, self.args, self.kwargs, executor)
+        contract = self.contract
+        info = self.info if contract.takes_run_info else None
+        return await contract.call(info, self.args, self.kwargs, executor)
 
     def end(self, ending: Ending) -> bool:
         """Record how the attempt ended; False if it had already ended another way."""
         if self.ending is not None:
             return False
         self.ending = ending
-        if ending.outcome is not Outcome.SUCCEEDED and ending.outcome is not Outcome.FAILED:
-            self.info.cancel.set()
+        if self._info is not None and ending.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            self._info.cancel.set()
         return True
 
     @property

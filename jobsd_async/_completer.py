@@ -54,13 +54,20 @@ class Completer:
         self._on_chain_change = on_chain_change
         self._pending: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._flushes: set[asyncio.Task[int]] = set()
 
     async def record(self, row: RunRow, ending: Ending, *, owner_id: int) -> bool:
         """Close ``row`` (if ``owner_id`` still holds it open) and insert its follow-up.
 
-        Completions arriving within a few milliseconds share one transaction.  Returns False
-        when the row had already been closed: nothing was written for it.
+        Returns False when the row had already been closed: nothing was written for it.
+        """
+        # Shielded: a caller that gives up does not unwrite its completion.
+        return await asyncio.shield(self.submit(row, ending, owner_id=owner_id))
+
+    def submit(self, row: RunRow, ending: Ending, *, owner_id: int) -> asyncio.Future[bool]:
+        """Queue the completion of ``row``; the future says whether it was written (see ``record``).
+
+        Completions arriving within a few milliseconds share one transaction.
         """
         item = _complete.Completion(
             row=row,
@@ -77,18 +84,25 @@ class Completer:
             self._start_flush()
         elif self._flush_timer is None:
             self._flush_timer = loop.call_later(_FLUSH_DELAY, self._start_flush)
-        # Shielded: a caller that gives up does not unwrite its completion.
-        return await asyncio.shield(future)
+        return future
 
-    async def close(self) -> None:
-        """Write what is buffered, then stop; a write still failing is abandoned."""
+    async def close(self) -> int:
+        """Write what is buffered, then stop; returns how many completions were abandoned.
+
+        A write still failing after ``_CLOSE_TIMEOUT`` is abandoned: its rows stay running
+        and the timeout check recovers them.
+        """
         if self._pending:
             self._start_flush()
+        abandoned = 0
         if self._flushes:
             _, stuck = await asyncio.wait(self._flushes, timeout=_CLOSE_TIMEOUT)
             for task in stuck:
                 task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
+            for outcome in await asyncio.gather(*stuck, return_exceptions=True):
+                if isinstance(outcome, int):
+                    abandoned += outcome
+        return abandoned
 
     def _start_flush(self) -> None:
         if self._flush_timer is not None:
@@ -100,31 +114,43 @@ class Completer:
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, batch: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]]) -> None:
+    async def _flush(self, batch: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]]) -> int:
+        """Write one batch until it lands; returns 0, or the batch size if it was abandoned."""
         items = [item for item, _, _ in batch]
         delay = _RETRY_FIRST
-        while True:
-            try:
-                results = await self._store.dialect.retrying(
-                    lambda conn: _complete.complete_many(self._store, conn, items, instance_id=self._id)
-                )
-                break
-            except DRIVER_ERRORS as exc:
-                self._log.warning(
-                    "jobsd: recording %d runs failed, retrying in %.2fs: %s",
-                    len(items),
-                    delay,
-                    exc,
-                    extra={"instance_id": self._id, "row_ids": [i.row.id for i in items]},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
+        try:
+            while True:
+                try:
+                    results = await self._store.dialect.retrying(
+                        lambda conn: _complete.complete_many(self._store, conn, items, instance_id=self._id)
+                    )
+                    break
+                except DRIVER_ERRORS as exc:
+                    self._log.warning(
+                        "jobsd: recording %d runs failed, retrying in %.2fs: %s",
+                        len(items),
+                        delay,
+                        exc,
+                        extra={"instance_id": self._id, "row_ids": [i.row.id for i in items]},
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+        except asyncio.CancelledError:
+            for _, _, future in batch:
+                future.cancel()
+            return len(batch)
+        except BaseException as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
         for (item, ending, future), done in zip(batch, results, strict=True):
             if done is not None:
                 self._after(item, ending, done)
             if not future.done():
                 future.set_result(done is not None)
         self._on_chain_change()
+        return 0
 
     def _after(self, item: _complete.Completion, ending: Ending, done: _complete.Completed) -> None:
         row, follow_up = item.row, item.follow_up

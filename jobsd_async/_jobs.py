@@ -109,9 +109,12 @@ class JobFunc:
             ) from exc
 
     async def call(
-        self, info: RunInfo, args: tuple[Any, ...], kwargs: dict[str, Any], executor: Executor
+        self, info: RunInfo | None, args: tuple[Any, ...], kwargs: dict[str, Any], executor: Executor
     ) -> Any:
-        """Run the function: on the loop when async, on ``executor``'s threads when sync."""
+        """Run the function: on the loop when async, on ``executor``'s threads when sync.
+
+        ``info`` is required when the function takes a RunInfo, and ignored otherwise.
+        """
         call_args = (info, *args) if self.takes_run_info else args
         if self.is_async:
             return await self.func(*call_args, **kwargs)
@@ -121,11 +124,15 @@ class JobFunc:
 
 def encode_args(job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
     """JSON text of the positional and keyword arguments, naming any argument that fails."""
+    try:
+        return _dumps(list(args)), _dumps(kwargs)
+    except (TypeError, ValueError):
+        pass  # find the argument to blame
     for index, value in enumerate(args):
         _check_json(job, f"argument {index}", value)
     for key, value in kwargs.items():
         _check_json(job, f"keyword argument {key!r}", value)
-    return _dumps(list(args)), _dumps(kwargs)
+    raise AssertionError("unreachable: some argument failed to serialize")
 
 
 def _check_json(job: str, what: str, value: object) -> None:
@@ -142,8 +149,9 @@ def _dumps(value: object) -> str:
 
 
 def decode_args(args_json: str | None, kwargs_json: str | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    args = json.loads(args_json) if args_json else []
-    kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    # Most runs have no arguments of one kind or the other: skip the parser for them.
+    args = json.loads(args_json) if args_json and args_json != "[]" else []
+    kwargs = json.loads(kwargs_json) if kwargs_json and kwargs_json != "{}" else {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError("stored job arguments are not a JSON list and object")
     return tuple(args), kwargs

@@ -56,7 +56,12 @@ class LocalQueue:
         return tries
 
     def forget(self, row_id: int) -> None:
-        """Drop ``row_id``'s try count (it was claimed, or given up on)."""
+        """Drop ``row_id``'s try count (it was given up on)."""
+        self._tries.pop(row_id, None)
+
+    def discard(self, row_id: int) -> None:
+        """Drop ``row_id`` altogether: it was claimed (its heap entry is skipped lazily)."""
+        self._due.pop(row_id, None)
         self._tries.pop(row_id, None)
 
     def clear(self) -> None:

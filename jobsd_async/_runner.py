@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -35,7 +36,6 @@ from ._store._rows import RunRow, Store
 
 _EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
 _EARLY_TRIES = 5  # ... this many times, then leave the row to the poller
-_COMPLETION_DRAIN = 10.0  # seconds down() waits for completions still being written
 _LOOPS_STOP = 10.0  # seconds down() waits for the loops to finish their current step
 
 
@@ -68,13 +68,15 @@ class Runner:
         self._wakeup = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._job_tasks: set[asyncio.Task[None]] = set()
-        self._completions: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, config.workers), thread_name_prefix=f"jobsd-{instance_id}"
         )
         # Loops end at their next wait once this is set: cancelling them mid-statement could
         # leave a pooled connection in an open transaction (and SQLite's lock with it).
         self._stopping = asyncio.Event()
+        self._reserved = 0  # slots held for rows being inserted already claimed here
+        self._no_reservations = asyncio.Event()
+        self._no_reservations.set()
         self.last_seen_at: datetime | None = None
         self._completer = Completer(
             config=config,
@@ -138,20 +140,17 @@ class Runner:
             await self._listener.stop()
         self._loops.clear()
         self._queue.clear()
+        # Rows being inserted claimed here start once inserted; let them, then drain them.
+        await wait_event(self._no_reservations, _LOOPS_STOP)
         await self._drain()
-        if self._completions:
-            _, pending = await asyncio.wait(self._completions, timeout=_COMPLETION_DRAIN)
-            for task in pending:
-                task.cancel()
-            if pending:
-                self._log.error(
-                    "jobsd: %d completions could not be written before shutdown; "
-                    "their runs will be recovered by the timeout check",
-                    len(pending),
-                    extra=self._extra,
-                )
-                await asyncio.gather(*pending, return_exceptions=True)
-        await self._completer.close()
+        abandoned = await self._completer.close()
+        if abandoned:
+            self._log.error(
+                "jobsd: %d completions could not be written before shutdown; "
+                "their runs will be recovered by the timeout check",
+                abandoned,
+                extra=self._extra,
+            )
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _drain(self) -> None:
@@ -187,6 +186,35 @@ class Runner:
     def is_runnable_here(self, job: str) -> bool:
         return self._config.workers > 0 and job in self._jobs
 
+    def reserve_slot(self, job: str) -> bool:
+        """Hold a free worker slot for a run of ``job`` about to be inserted already claimed.
+
+        The holder must then call ``start_claimed`` with the row, or ``release_slot``.
+        """
+        if self._stopping.is_set() or not self.is_runnable_here(job) or self._free_slots() <= 0:
+            return False
+        self._reserved += 1
+        self._no_reservations.clear()
+        return True
+
+    def release_slot(self) -> None:
+        """Give back a reserved slot whose row was not inserted."""
+        self._reserved -= 1
+        if not self._reserved:
+            self._no_reservations.set()
+        self._wakeup.set()
+
+    def start_claimed(self, row: RunRow) -> None:
+        """Start, in its reserved slot, a row this instance inserted already claimed."""
+        if row.id not in self._attempts:  # see _claim_and_start
+            self._counters.runs_started += 1
+            self._start(row)
+        self.release_slot()
+
+    def _free_slots(self) -> int:
+        # A job's task holds its slot until it ends; a reserved slot is about to get a task.
+        return self._config.workers - len(self._job_tasks) - self._reserved
+
     # ---------------------------------------------------------------- poller
 
     async def _poll_loop(self) -> None:
@@ -217,11 +245,13 @@ class Runner:
     async def _dispatch_loop(self) -> None:
         while not self._stopping.is_set():
             self._wakeup.clear()
-            free = self._config.workers - len(self._job_tasks)  # a task holds its slot until it ends
+            free = self._free_slots()
             timeout: float | None = None
             if free > 0:
                 now = self._clock.now()
-                due = self._queue.pop_due(now, self._config.poll_limit)
+                # Queued ids are hints: a claim takes whatever is due, so pop only as many
+                # as it may win, and keep the rest for the next one.
+                due = self._queue.pop_due(now, free)
                 if due or self._claim_now:
                     self._claim_now = False
                     await self._claim_and_start(due, free)
@@ -256,11 +286,17 @@ class Runner:
                 self.enqueue(row_id, retry_at)
             return
         for row in won:
+            if row.id in self._attempts:
+                # Without RETURNING (MySQL), a claim reads back every open row of ours not
+                # yet running, which can include one inserted claimed here a moment ago.
+                continue
             self._counters.runs_started += 1
-            self._queue.forget(row.id)
+            self._queue.discard(row.id)
             self._start(row)
         if len(won) == free:
-            # Slots ran out first: what was due is still worth a claim once one frees up.
+            # Slots ran out first: more may be due, whether queued here or not; claim again
+            # as soon as a slot frees up.
+            self._claim_now = True
             retry_at = self._clock.now()
             for row_id in due:
                 if row_id not in self._attempts:
@@ -372,16 +408,22 @@ class Runner:
     # ---------------------------------------------------------------- completions
 
     def _spawn_completion(self, attempt: Attempt, ending: Ending) -> None:
-        task = asyncio.create_task(self._complete(attempt, ending), name=f"jobsd complete {attempt.row.id}")
-        self._completions.add(task)
-        task.add_done_callback(self._completions.discard)
+        future = self._completer.submit(attempt.row, ending, owner_id=self._id)
+        future.add_done_callback(functools.partial(self._completed, attempt, ending))
 
-    async def _complete(self, attempt: Attempt, ending: Ending) -> None:
-        try:
-            recorded = await self._completer.record(attempt.row, ending, owner_id=self._id)
-        finally:
-            self._attempts.pop(attempt.row.id, None)
-        if not recorded:
+    def _completed(self, attempt: Attempt, ending: Ending, future: asyncio.Future[bool]) -> None:
+        self._attempts.pop(attempt.row.id, None)
+        if future.cancelled():
+            return  # abandoned at shutdown: the timeout check recovers the row
+        exc = future.exception()
+        if exc is not None:
+            self._log.error(
+                "jobsd: recording run %s failed: %r; the timeout check will recover it",
+                attempt.row.id,
+                exc,
+                extra={**self._extra, **attempt.log_extra},
+            )
+        elif not future.result():
             self._log.warning(
                 "jobsd: run %s was already completed elsewhere; discarding its %s ending",
                 attempt.row.id,

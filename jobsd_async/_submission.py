@@ -7,6 +7,7 @@ only once it commits.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,12 @@ class Submitter:
         """Insert one chain (or find the active one with its unique name); return its run id."""
         values, due = self._first_row(job, request)
         store = self.store
+        if conn is None and self._starts_here(job, request):
+            # Shielded: once inserted, the row must reach its task even if our caller gives up
+            # (whose failure, then, nobody is left to hear).
+            task = asyncio.ensure_future(self._insert_and_start(values))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return await asyncio.shield(task)
         if conn is None:
             run_id, inserted = await wrap_errors(
                 store.dialect.retrying(lambda c: _create.insert_unique(store, c, values)), "creating a run"
@@ -52,6 +59,33 @@ class Submitter:
             )
         if inserted:
             self._queue(job, conn, [(run_id, due)])
+        return run_id
+
+    def _starts_here(self, job: Job[Any], request: RunRequest) -> bool:
+        """Whether a run due now goes straight to a slot here (which is then reserved).
+
+        Inserted already claimed, it needs no claim, no wake-up and no poll: one
+        transaction less for every run an instance creates for itself.
+        """
+        due_now = request.at is None and not request.delay and request.schedule is None
+        return due_now and self.store.dialect.insert_returning and self.runner.reserve_slot(job.name)
+
+    async def _insert_and_start(self, values: dict[str, Any]) -> int:
+        store, runner = self.store, self.runner
+        try:
+            row, run_id = await wrap_errors(
+                store.dialect.retrying(
+                    lambda c: _create.insert_claimed(store, c, values, instance_id=self.instance_id)
+                ),
+                "creating a run",
+            )
+        except BaseException:
+            runner.release_slot()
+            raise
+        if row is None:
+            runner.release_slot()  # the unique name is taken: nothing was inserted
+        else:
+            runner.start_claimed(row)
         return run_id
 
     async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:

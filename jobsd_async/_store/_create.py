@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, ColumnElement, func, insert, select
+from sqlalchemy import ClauseElement, ColumnElement, Table, func, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._config import Backoff
-from ._rows import Store
+from ._rows import RunRow, Store
 
 # A unique name can be freed between our failed insert and our look-up; then we insert again.
 _MAX_INSERT_ATTEMPTS = 5
@@ -24,12 +25,39 @@ async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, A
     run id of that row's chain is returned.
     """
     for _ in range(_MAX_INSERT_ATTEMPTS):
-        new_id = await _insert_if_name_free(store, conn, values)
-        if new_id is not None:
-            return new_id, True
+        row = await _insert_if_name_free(store, conn, values)
+        if row is not None:
+            return int(row["id"]), True
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return existing, False
+    raise RuntimeError(f"unique name {values['name_active']!r} kept changing hands; giving up")
+
+
+async def insert_claimed(
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, instance_id: int
+) -> tuple[RunRow | None, int]:
+    """Insert a first row already claimed by ``instance_id``: it starts here, without a claim.
+
+    Returns (the row, its run id); when a pending or running row already holds its unique
+    name, nothing is inserted and it returns (None, that row's run id).  Needs RETURNING.
+    """
+    now = store.dialect.now()
+    timeout = values["run_timeout"]
+    claimed = {
+        **values,
+        "run_started_at": now,
+        "run_started_by": instance_id,
+        "run_total_count": 1,
+        "run_timeout_at": None if timeout is None else store.dialect.add_seconds(now, literal(timeout)),
+    }
+    for _ in range(_MAX_INSERT_ATTEMPTS):
+        row = await _insert_if_name_free(store, conn, claimed, whole_row=True)
+        if row is not None:
+            return RunRow.of(row), int(row["id"])
+        existing = await active_run_id(store, conn, values["name_active"])
+        if existing is not None:
+            return None, existing
     raise RuntimeError(f"unique name {values['name_active']!r} kept changing hands; giving up")
 
 
@@ -81,34 +109,47 @@ async def active_run_id(store: Store, conn: AsyncConnection, name: str) -> int |
     return int(row.origin_id if row.origin_id is not None else row.id)
 
 
-async def _insert_if_name_free(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> int | None:
+def _named(runs: Table) -> ColumnElement[bool]:
+    """The predicate of the partial unique index on ``name_active`` (ON CONFLICT names it)."""
+    return runs.c.name_active.is_not(None)
+
+
+async def _insert_if_name_free(
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool = False
+) -> Mapping[Any, Any] | None:
+    """Insert unless the name is active; the new row's id (or, with ``whole_row``, all of it).
+
+    A row inserted pending is announced to listening instances; one inserted claimed is not.
+    """
     runs = store.runs
     dialect = store.dialect
-    if dialect.is_postgresql:
-        stmt = (
-            postgresql.insert(runs)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[runs.c.name_active])
-            .returning(runs.c.id)
+    returned = list(runs.c) if whole_row else [runs.c.id]
+    row: Mapping[Any, Any] | None
+    if dialect.is_postgresql or dialect.is_sqlite:
+        upsert = postgresql.insert(runs) if dialect.is_postgresql else sqlite.insert(runs)
+        stmt = upsert.values(values).on_conflict_do_nothing(
+            index_elements=[runs.c.name_active], index_where=_named(runs)
         )
-        new_id = (await conn.execute(stmt)).scalar_one_or_none()
-        if new_id is None:
-            return None
+        if dialect.insert_returning:
+            row = (await conn.execute(stmt.returning(*returned))).mappings().first()
+        else:  # SQLite before 3.35
+            result = await conn.execute(stmt)
+            row = {"id": result.lastrowid} if result.rowcount == 1 else None
+    else:
+        # MySQL/MariaDB: a duplicate-key error only undoes the statement, not the transaction.
+        plain = insert(runs).values(values)
+        try:
+            if dialect.insert_returning:  # MariaDB 10.5+
+                row = (await conn.execute(plain.returning(*returned))).mappings().first()
+            else:
+                row = {"id": (await conn.execute(plain)).lastrowid}
+        except DBAPIError as exc:
+            if dialect.is_unique_violation(exc):
+                return None
+            raise
+    if row is not None and not whole_row:
         await notify_new(store, conn)
-        return int(new_id)
-    if dialect.is_sqlite:
-        result = await conn.execute(
-            sqlite.insert(runs).values(values).on_conflict_do_nothing(index_elements=[runs.c.name_active])
-        )
-        return int(result.lastrowid) if result.rowcount == 1 else None
-    # MySQL/MariaDB: a duplicate-key error only undoes the statement, not the transaction.
-    try:
-        result = await conn.execute(insert(runs).values(values))
-    except DBAPIError as exc:
-        if dialect.is_unique_violation(exc):
-            return None
-        raise
-    return int(result.lastrowid)
+    return row
 
 
 def first_row_values(

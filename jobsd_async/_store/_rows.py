@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Collection, Hashable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, RowMapping, Table, or_
+from sqlalchemy import ColumnElement, Table, or_
 
 from .._schedules import CRON_PREFIX, EVERY_PREFIX, cron_available
 from ._dialect import Dialect
 from ._schema import Tables
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,19 @@ class Store:
 
     dialect: Dialect
     tables: Tables
+    _statements: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def statement(self, key: Hashable, build: Callable[[], S]) -> S:
+        """The statement built by ``build`` for ``key``, built once per Store.
+
+        Hot statements take their values as bind parameters, so building them once saves
+        the construction that otherwise dominates a small transaction's cost.
+        """
+        try:
+            return self._statements[key]  # type: ignore[no-any-return]
+        except KeyError:
+            built = self._statements[key] = build()
+            return built
 
     @property
     def runs(self) -> Table:
@@ -80,7 +96,7 @@ class RunRow:
         return self.origin_id if self.origin_id is not None else self.id
 
     @classmethod
-    def of(cls, mapping: RowMapping) -> RunRow:
+    def of(cls, mapping: Mapping[Any, Any]) -> RunRow:
         return cls(**{name: mapping[name] for name in _FIELDS})
 
 
