@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, literal
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._clock import DbClock
@@ -144,9 +144,7 @@ class Submitter:
         else:
             due = self.clock.now() + timedelta(seconds=request.delay)
             # The database clock decides: a run due now is claimable at once wherever it lands.
-            run_at = (
-                dialect.add_seconds(dialect.now(), literal(request.delay)) if request.delay else dialect.now()
-            )
+            run_at = _create.clock_plus(self.store, _create.DELAY) if request.delay else dialect.now()
         values = _create.first_row_values(
             instance_id=self.instance_id,
             name=request.unique if request.unique is not None else uuid.uuid4().hex,
@@ -163,6 +161,8 @@ class Submitter:
             retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
             schedule=request.schedule,
         )
+        if request.delay and not isinstance(run_at, datetime):
+            values[_create.DELAY] = request.delay
         return values, due
 
 

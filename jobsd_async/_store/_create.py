@@ -6,7 +6,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ClauseElement, ColumnElement, Table, func, insert, literal, select
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    Executable,
+    Float,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,6 +26,18 @@ from ._rows import RunRow, Store
 
 # A unique name can be freed between our failed insert and our look-up; then we insert again.
 _MAX_INSERT_ATTEMPTS = 5
+
+# Values for a row may be SQL expressions (the database clock), which the statement renders,
+# while everything else is a bind parameter, so the statement is built once per shape.  An
+# expression's own inputs travel as these extra, non-column parameters:
+DELAY = "p_delay"  # seconds after the database clock: run_at
+TIMEOUT = "p_timeout"  # seconds after the database clock: run_timeout_at
+
+
+def clock_plus(store: Store, seconds_bind: str) -> ColumnElement[datetime]:
+    """The database clock plus the seconds given by the parameter ``seconds_bind``."""
+    dialect = store.dialect
+    return dialect.add_seconds(dialect.now(), bindparam(seconds_bind, type_=Float))
 
 
 async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> tuple[int, bool]:
@@ -42,15 +64,16 @@ async def insert_claimed(
     Returns (the row, its run id); when a pending or running row already holds its unique
     name, nothing is inserted and it returns (None, that row's run id).  Needs RETURNING.
     """
-    now = store.dialect.now()
     timeout = values["run_timeout"]
     claimed = {
         **values,
-        "run_started_at": now,
+        "run_started_at": store.dialect.now(),
         "run_started_by": instance_id,
         "run_total_count": 1,
-        "run_timeout_at": None if timeout is None else store.dialect.add_seconds(now, literal(timeout)),
+        "run_timeout_at": None if timeout is None else clock_plus(store, TIMEOUT),
     }
+    if timeout is not None:
+        claimed[TIMEOUT] = timeout
     for _ in range(_MAX_INSERT_ATTEMPTS):
         row = await _insert_if_name_free(store, conn, claimed, whole_row=True)
         if row is not None:
@@ -67,27 +90,32 @@ async def insert_many(store: Store, conn: AsyncConnection, rows: list[dict[str, 
     A value that is a SQL expression (the database clock) is rendered once per statement,
     so rows are grouped by which columns carry expressions; ids come back in row order.
     """
-    groups: dict[tuple[str, ...], list[int]] = {}
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
     for index, row in enumerate(rows):
-        shape = tuple(sorted(k for k, v in row.items() if isinstance(v, ClauseElement)))
-        groups.setdefault(shape, []).append(index)
+        groups.setdefault(_shape(store, row), []).append(index)
     ids = [0] * len(rows)
     await notify_new(store, conn)
-    for shape, indexes in groups.items():
-        shared = {k: rows[indexes[0]][k] for k in shape}
-        params = [{k: v for k, v in rows[i].items() if k not in shared} for i in indexes]
-        for index, new_id in zip(indexes, await _insert_group(store, conn, shared, params), strict=True):
+    for (expression_keys, _), indexes in groups.items():
+        expressions = {k: rows[indexes[0]][k] for k in expression_keys}
+        params = [{k: v for k, v in rows[i].items() if k not in expressions} for i in indexes]
+        for index, new_id in zip(indexes, await _insert_group(store, conn, expressions, params), strict=True):
             ids[index] = new_id
     return ids
 
 
 async def _insert_group(
-    store: Store, conn: AsyncConnection, shared: dict[str, Any], params: list[dict[str, Any]]
+    store: Store, conn: AsyncConnection, expressions: dict[str, Any], params: list[dict[str, Any]]
 ) -> list[int]:
     runs = store.runs
-    stmt = insert(runs).values(**shared)
-    if store.dialect.insert_returning:
-        result = await conn.execute(stmt.returning(runs.c.id, sort_by_parameter_order=True), params)
+    returning = store.dialect.insert_returning
+
+    def build() -> Executable:
+        stmt = insert(runs).values(**expressions)
+        return stmt.returning(runs.c.id, sort_by_parameter_order=True) if returning else stmt
+
+    stmt = store.statement(("insert", tuple(expressions), tuple(params[0])), build)
+    if returning:
+        result = await conn.execute(stmt, params)
         return [int(i) for i in result.scalars()]
     ids = []  # MySQL 8 has no RETURNING: one insert per row, still one transaction
     for row in params:
@@ -121,28 +149,28 @@ async def _insert_if_name_free(
 
     A row inserted pending is announced to listening instances; one inserted claimed is not.
     """
-    runs = store.runs
     dialect = store.dialect
-    returned = list(runs.c) if whole_row else [runs.c.id]
+    expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
+    params = {k: v for k, v in values.items() if k not in expressions}
+    returning = dialect.insert_returning
+    stmt = store.statement(
+        ("insert first", _shape(store, values), whole_row),
+        lambda: _first_row_statement(store, expressions, whole_row=whole_row),
+    )
     row: Mapping[Any, Any] | None
     if dialect.is_postgresql or dialect.is_sqlite:
-        upsert = postgresql.insert(runs) if dialect.is_postgresql else sqlite.insert(runs)
-        stmt = upsert.values(values).on_conflict_do_nothing(
-            index_elements=[runs.c.name_active], index_where=_named(runs)
-        )
-        if dialect.insert_returning:
-            row = (await conn.execute(stmt.returning(*returned))).mappings().first()
+        if returning:
+            row = (await conn.execute(stmt, params)).mappings().first()
         else:  # SQLite before 3.35
-            result = await conn.execute(stmt)
+            result = await conn.execute(stmt, params)
             row = {"id": result.lastrowid} if result.rowcount == 1 else None
     else:
         # MySQL/MariaDB: a duplicate-key error only undoes the statement, not the transaction.
-        plain = insert(runs).values(values)
         try:
-            if dialect.insert_returning:  # MariaDB 10.5+
-                row = (await conn.execute(plain.returning(*returned))).mappings().first()
+            if returning:  # MariaDB 10.5+
+                row = (await conn.execute(stmt, params)).mappings().first()
             else:
-                row = {"id": (await conn.execute(plain)).lastrowid}
+                row = {"id": (await conn.execute(stmt, params)).lastrowid}
         except DBAPIError as exc:
             if dialect.is_unique_violation(exc):
                 return None
@@ -150,6 +178,31 @@ async def _insert_if_name_free(
     if row is not None and not whole_row:
         await notify_new(store, conn)
     return row
+
+
+def _shape(store: Store, row: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a row's statement depends on: its columns given by expressions, and the
+    expressions' own parameters (now() and now() + DELAY render differently)."""
+    columns = store.runs.c
+    expressions = tuple(sorted(k for k, v in row.items() if isinstance(v, ClauseElement)))
+    return expressions, tuple(sorted(k for k in row if k not in columns))
+
+
+def _first_row_statement(store: Store, expressions: dict[str, Any], *, whole_row: bool) -> Executable:
+    """INSERT of a first row that does nothing when its unique name is active."""
+    runs = store.runs
+    dialect = store.dialect
+    stmt: Any
+    if dialect.is_postgresql or dialect.is_sqlite:
+        upsert = postgresql.insert(runs) if dialect.is_postgresql else sqlite.insert(runs)
+        stmt = upsert.values(**expressions).on_conflict_do_nothing(
+            index_elements=[runs.c.name_active], index_where=_named(runs)
+        )
+    else:
+        stmt = insert(runs).values(**expressions)
+    if dialect.insert_returning:
+        stmt = stmt.returning(*(list(runs.c) if whole_row else [runs.c.id]))
+    return stmt  # type: ignore[no-any-return]
 
 
 def first_row_values(
