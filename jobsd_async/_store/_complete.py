@@ -169,7 +169,6 @@ async def _lock_then_close(
 ) -> tuple[set[int], set[int]]:
     """Lock the batch's open rows, then close them; returns (closed ids, cancelled ids)."""
     runs = store.runs
-    now = store.dialect.now()
     lookup = select(runs.c.id, runs.c.run_started_by, runs.c.cancel_requested_at).where(
         runs.c.id.in_([item.row.id for item in items]), runs.c.run_completed_at.is_(None)
     )
@@ -179,34 +178,38 @@ async def _lock_then_close(
     owned = [i for i in items if i.row.id in open_rows and open_rows[i.row.id].run_started_by == i.owner_id]
     closing = [i for i in owned if open_rows[i.row.id].cancel_requested_at is None]
     cancelled = {i.row.id for i in owned} - {i.row.id for i in closing}
-    if closing:
-        await conn.execute(
-            update(runs)
-            .where(runs.c.id == bindparam("b_id"))
-            .values(
-                run_completed_at=now,
-                run_completed_error=bindparam("b_error"),
-                run_result=bindparam("b_result"),
-                name_active=None,
-                run_success_count=runs.c.run_success_count + bindparam("b_success"),
-            ),
-            [
-                {
-                    "b_id": i.row.id,
-                    "b_error": i.closing.error,
-                    "b_result": i.closing.result,
-                    "b_success": 1 if i.closing.success else 0,
-                }
-                for i in closing
-            ],
-        )
+    # The rows are locked: one UPDATE per distinct closing (most runs of a batch end alike).
+    alike: dict[Closing, list[int]] = {}
+    for item in closing:
+        alike.setdefault(item.closing, []).append(item.row.id)
+    if alike:
+        stmt = store.statement("close alike", lambda: _close_alike_statement(store))
+        for how, ids in alike.items():
+            params = {"ids": ids, "error": how.error, "result": how.result, "success": int(how.success)}
+            await conn.execute(stmt, params)
     if cancelled:
+        now = store.dialect.now()
         await conn.execute(
             update(runs)
             .where(runs.c.id.in_(list(cancelled)))
             .values(run_completed_at=now, run_completed_error=CANCELLED_TEXT, name_active=None)
         )
     return {i.row.id for i in owned}, cancelled
+
+
+def _close_alike_statement(store: Store) -> Executable:
+    runs = store.runs
+    return (
+        update(runs)
+        .where(runs.c.id.in_(bindparam("ids", expanding=True)))
+        .values(
+            run_completed_at=store.dialect.now(),
+            run_completed_error=bindparam("error", type_=Text),
+            run_result=bindparam("result", type_=Text),
+            name_active=None,
+            run_success_count=runs.c.run_success_count + bindparam("success", type_=Integer),
+        )
+    )
 
 
 def follow_up_values(
