@@ -100,10 +100,9 @@ def _run_indexes(table: str) -> list[Index]:
         # (Not led by run_completed_at: a completion then never moves an entry a claim's
         # range locks cover, which deadlocked them on InnoDB.)
         composite("due", "run_started_at", "run_at"),
-        # The timeout check: open rows by owner and by deadline.
-        partial("owner", "run_started_by", where="run_completed_at IS NULL"),
+        # The timeout check: running rows, oldest first (however many are pending).
+        partial("running", "id", where="run_started_at IS NOT NULL AND run_completed_at IS NULL"),
         composite("owner", "run_completed_at", "run_started_by"),
-        partial("timeout_at", "run_timeout_at", where="run_completed_at IS NULL"),
         composite("timeout_at", "run_completed_at", "run_timeout_at"),
         # Retention: finished rows by age (the composite index above serves MySQL).
         partial("completed_at", "run_completed_at", where="run_completed_at IS NOT NULL"),
