@@ -332,9 +332,11 @@ class Runner:
         row = attempt.row
         loop = asyncio.get_running_loop()
         timer = None
-        if row.run_timeout_at is not None:
-            delay = max(0.0, (row.run_timeout_at - self._clock.now()).total_seconds())
-            timer = loop.call_later(delay, self._on_timeout, attempt)
+        if row.run_timeout_at is not None and row.run_timeout is not None:
+            # Counted from now, which is just after the claim time the deadline is based on:
+            # never early.  (Our estimate of the database clock may be off by half a round
+            # trip, which could have fired the timer early.)
+            timer = loop.call_later(row.run_timeout, self._on_timeout, attempt)
         self._log.debug("jobsd: run %s started", row.id, extra={**self._extra, **attempt.log_extra})
         try:
             value = await attempt.call(self._executor)
