@@ -75,7 +75,7 @@ def series(conn: AsyncConnection, count: int) -> Select[Any]:
     """``SELECT n`` for n in 1..count, the dialect's way."""
     name = conn.dialect.name
     if name == "postgresql":
-        return select(func.generate_series(1, count).table_valued("n").c.n)
+        return select(func.generate_series(1, count).table_valued("n").render_derived().c.n)
     if name in ("mysql", "mariadb"):
         return select(column("seq", Integer).label("n")).select_from(table(f"seq_1_to_{count}"))
     start = select(literal(1).label("n")).cte("numbers", recursive=True)

@@ -65,10 +65,11 @@ class Submitter:
         """Whether a run due now goes straight to a slot here (which is then reserved).
 
         Inserted already claimed, it needs no claim, no wake-up and no poll: one
-        transaction less for every run an instance creates for itself.
+        transaction less for every run an instance creates for itself (on the dialects
+        where that is faster, see ``Dialect.direct_start``).
         """
         due_now = request.at is None and not request.delay and request.schedule is None
-        return due_now and self.store.dialect.insert_returning and self.runner.reserve_slot(job.name)
+        return due_now and self.store.dialect.direct_start and self.runner.reserve_slot(job.name)
 
     async def _insert_and_start(self, values: dict[str, Any]) -> int:
         store, runner = self.store, self.runner
