@@ -39,9 +39,7 @@ def claims_on(engine: AsyncEngine) -> Iterator[list[str]]:
         event.remove(engine.sync_engine, "before_cursor_execute", spy)
 
 
-async def test_run_created_here_starts_without_a_claim(make_jobsd: MakeJobsD, backend: str) -> None:
-    if backend != "postgresql":
-        pytest.skip("direct start is used on PostgreSQL only")
+async def test_run_created_here_skips_the_claim_on_postgresql(make_jobsd: MakeJobsD, backend: str) -> None:
     jd = make_jobsd(workers=2)
     seen: list[RunInfo] = []
 
@@ -54,9 +52,12 @@ async def test_run_created_here_starts_without_a_claim(make_jobsd: MakeJobsD, ba
             run_id = await jd.create_run("record").run()
             state = await jd.wait_for_run(run_id, timeout=5)
     assert state.status is RunStatus.SUCCEEDED
-    assert claims == []
     assert [(i.id, i.run_started_by, i.run_total_count) for i in seen] == [(run_id, jd.instance_id, 1)]
     assert seen[0].run_started_at >= seen[0].run_at
+    if backend == "postgresql":
+        assert claims == []
+    else:  # the claim path, which measured faster there
+        assert len(claims) >= 1
 
 
 async def test_runs_created_here_never_exceed_the_worker_slots(make_jobsd: MakeJobsD, backend: str) -> None:
