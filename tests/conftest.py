@@ -115,10 +115,11 @@ async def make_jobsd(engine: AsyncEngine, table_prefix: str) -> AsyncIterator[Ma
     finally:
         await asyncio.gather(*(jd.down() for jd in made), return_exceptions=True)
         if made:
-            await _drop_tables(engine, made[0])
+            await drop_tables(engine, made[0])
 
 
-async def _drop_tables(engine: AsyncEngine, jd: JobsD) -> None:
+async def drop_tables(engine: AsyncEngine, jd: JobsD) -> None:
+    """Drop the instance's tables (for tests that build a JobsD outside ``make_jobsd``)."""
     # SQLite refuses DDL for a moment while a connection just returned to the pool still
     # holds its read snapshot; try a few times before calling it a failure.
     for attempt in range(10):

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, drop_tables
 from faultproxy import FaultProxy
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -73,36 +73,39 @@ async def test_outage_during_load_loses_and_doubles_nothing(
                     await asyncio.sleep(0.1)
             await asyncio.sleep(0.03)
 
-    try:
-        async with jd:
-            producer = asyncio.create_task(produce(120))
-            await asyncio.sleep(1.0)
-            async with proxy.outage():
-                await asyncio.sleep(OUTAGE)
-            await producer
-            for run_id in created:
-                await jd.wait_for_run(run_id, timeout=60)
-            # The instance keeps accepting work afterwards.
-            after = await work.create_run(-1).run()
-            assert (await jd.wait_for_run(after, timeout=30)).result == -1
-    finally:
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            # aiomysql leaves the sockets the proxy cut for the garbage collector to close.
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+    try:  # the tables are this test's own: dropped whatever happens
+        try:
+            async with jd:
+                producer = asyncio.create_task(produce(120))
+                await asyncio.sleep(1.0)
+                async with proxy.outage():
+                    await asyncio.sleep(OUTAGE)
+                await producer
+                for run_id in created:
+                    await jd.wait_for_run(run_id, timeout=60)
+                # The instance keeps accepting work afterwards.
+                after = await work.create_run(-1).run()
+                assert (await jd.wait_for_run(after, timeout=30)).result == -1
+        finally:
+            await faulty.dispose()
+            with warnings.catch_warnings():
+                # aiomysql leaves the sockets the proxy cut for the garbage collector to close.
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
 
-    logging.getLogger(__name__).info("refused creations during the outage: %d", refused)
-    assert refused > 0, "the outage did not hit the producer; the test proved nothing"
-    runs = jd.metadata.tables[f"{table_prefix}runs"]
-    async with engine.connect() as conn:
-        rows = [dict(m) for m in (await conn.execute(runs.select())).mappings()]
-    assert all(r["run_completed_at"] is not None for r in rows), "a run never finished"
-    chains: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        chains.setdefault(int(r["origin_id"] or r["id"]), []).append(r)
-    # Every chain ends succeeded (a run cut off mid-flight may have been retried first).
-    for chain in chains.values():
-        assert max(chain, key=lambda r: int(r["id"]))["run_completed_error"] is None
-    assert set(created) <= set(chains)
-    assert max(executed.values()) == 1, "a row executed twice"
+        logging.getLogger(__name__).info("refused creations during the outage: %d", refused)
+        assert refused > 0, "the outage did not hit the producer; the test proved nothing"
+        runs = jd.metadata.tables[f"{table_prefix}runs"]
+        async with engine.connect() as conn:
+            rows = [dict(m) for m in (await conn.execute(runs.select())).mappings()]
+        assert all(r["run_completed_at"] is not None for r in rows), "a run never finished"
+        chains: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            chains.setdefault(int(r["origin_id"] or r["id"]), []).append(r)
+        # Every chain ends succeeded (a run cut off mid-flight may have been retried first).
+        for chain in chains.values():
+            assert max(chain, key=lambda r: int(r["id"]))["run_completed_error"] is None
+        assert set(created) <= set(chains)
+        assert max(executed.values()) == 1, "a row executed twice"
+    finally:
+        await drop_tables(engine, jd)
