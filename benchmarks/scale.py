@@ -48,7 +48,7 @@ async def poll_and_claim(jd: JobsD, store: Store) -> float:
         polled = await _claim.poll_due(store, conn, jobs=["noop"], schedules=[], horizon=5.0, limit=1000)
     claimed = await store.dialect.retrying(
         lambda conn: _claim.claim_due(
-            store, conn, jobs=["noop"], schedules=[], limit=BATCH, instance_id=jd.instance_id, tracked=[]
+            store, conn, jobs=["noop"], schedules=[], limit=BATCH, instance_id=jd.instance_id
         )
     )
     took = time.perf_counter() - began

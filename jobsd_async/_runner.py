@@ -206,9 +206,8 @@ class Runner:
 
     def start_claimed(self, row: RunRow) -> None:
         """Start, in its reserved slot, a row this instance inserted already claimed."""
-        if row.id not in self._attempts:  # see _claim_and_start
-            self._counters.runs_started += 1
-            self._start(row)
+        self._counters.runs_started += 1
+        self._start(row)
         self.release_slot()
 
     def _free_slots(self) -> int:
@@ -274,7 +273,6 @@ class Runner:
                     schedules=list(self._schedules),
                     limit=free,
                     instance_id=self._id,
-                    tracked=list(self._attempts),
                 )
             )
         except DRIVER_ERRORS as exc:
@@ -286,10 +284,6 @@ class Runner:
                 self.enqueue(row_id, retry_at)
             return
         for row in won:
-            if row.id in self._attempts:
-                # Without RETURNING (MySQL), a claim reads back every open row of ours not
-                # yet running, which can include one inserted claimed here a moment ago.
-                continue
             self._counters.runs_started += 1
             self._queue.discard(row.id)
             self._start(row)

@@ -95,7 +95,6 @@ async def test_runnable_lock(make_jobsd: MakeJobsD) -> None:
                 schedules=[],
                 limit=1,
                 instance_id=instance_id,
-                tracked=[],
             )
         )
 

@@ -72,36 +72,54 @@ async def claim_due(
     schedules: Collection[str],
     limit: int,
     instance_id: int,
-    tracked: Collection[int],
 ) -> list[RunRow]:
     """Claim up to ``limit`` pending rows of these jobs that are due by the database clock.
 
-    One statement picks and claims them, soonest first; concurrent claimers skip each
-    other's rows (``SKIP LOCKED`` on PostgreSQL) or wait and re-check (MySQL, SQLite), so a
-    row is only ever claimed once.  ``tracked`` are the rows this instance already runs.
+    Claims pick soonest first and skip rows another claimer has locked (``SKIP LOCKED``;
+    SQLite has one writer at a time), and update only rows still pending and due, so a row
+    is only ever claimed once.
     """
     dialect = store.dialect
     jobs, schedules = tuple(jobs), tuple(schedules)
-    # MySQL renders UPDATE ... LIMIT literally; elsewhere the limit is a bind parameter.
-    key = ("claim", jobs, schedules, limit if dialect.is_mysql else None)
-    stmt = store.statement(key, lambda: _claim_statement(store, jobs, schedules, limit))
-    params = {"instance_id": instance_id, "limit": limit}
+    if not dialect.update_returning:
+        return await _pick_then_claim(store, conn, jobs, schedules, limit=limit, instance_id=instance_id)
+    stmt = store.statement(("claim", jobs, schedules), lambda: _claim_statement(store, jobs, schedules))
+    result = await conn.execute(stmt, {"instance_id": instance_id, "limit": limit})
+    return [RunRow.of(m) for m in result.mappings()]
+
+
+async def _pick_then_claim(
+    store: Store,
+    conn: AsyncConnection,
+    jobs: tuple[str, ...],
+    schedules: tuple[str, ...],
+    *,
+    limit: int,
+    instance_id: int,
+) -> list[RunRow]:
+    """MySQL: lock the soonest claimable rows, skipping locked ones, then claim and read them.
+
+    (MySQL cannot select from the table an UPDATE changes, nor return what it changed.)
+    """
     runs = store.runs
-    if dialect.update_returning:
-        result = await conn.execute(stmt, params)
-        return [RunRow.of(m) for m in result.mappings()]
-    await conn.execute(stmt, params)
-    # Without RETURNING: ours, open, and not already running here.  This also picks up a row
-    # whose earlier claim committed but whose answer was lost, which is what we want.
-    won = store.statement(
+    pick = store.statement(
+        ("pick", jobs, schedules),
+        lambda: pick_statement(
+            store, jobs, schedules, limit=bindparam("limit", type_=Integer)
+        ).with_for_update(skip_locked=True),
+    )
+    ids = [int(i) for i in (await conn.execute(pick, {"limit": limit})).scalars()]
+    if not ids:
+        return []
+    claim = store.statement(("claim", jobs, schedules), lambda: _claim_statement(store, jobs, schedules))
+    await conn.execute(claim, {"instance_id": instance_id, "ids": ids})
+    claimed = store.statement(
         "claimed",
         lambda: select(runs).where(
-            runs.c.run_started_by == bindparam("instance_id"),
-            runs.c.run_completed_at.is_(None),
-            runs.c.id.not_in(bindparam("tracked", expanding=True)),
+            runs.c.id.in_(bindparam("ids", expanding=True)), runs.c.run_started_by == bindparam("instance_id")
         ),
     )
-    result = await conn.execute(won, {"instance_id": instance_id, "tracked": list(tracked)})
+    result = await conn.execute(claimed, {"instance_id": instance_id, "ids": ids})
     return [RunRow.of(m) for m in result.mappings()]
 
 
@@ -131,16 +149,16 @@ def _claimable(
     )
 
 
-def _claim_statement(
-    store: Store, jobs: Collection[str], schedules: Collection[str], limit: int
-) -> Executable:
+def _claim_statement(store: Store, jobs: Collection[str], schedules: Collection[str]) -> Executable:
     runs = store.runs
     dialect = store.dialect
     now = dialect.now()
     stmt = update(runs)
     if dialect.is_mysql:
-        # MySQL cannot select from the table it updates; it has UPDATE ... LIMIT instead.
-        stmt = stmt.where(*_claimable(store, jobs, schedules)).with_dialect_options(mysql_limit=limit)
+        # The rows this transaction locked; the conditions are checked again all the same.
+        stmt = stmt.where(
+            runs.c.id.in_(bindparam("ids", expanding=True)), *_claimable(store, jobs, schedules)
+        )
     else:
         chosen = pick_statement(store, jobs, schedules, limit=bindparam("limit", type_=Integer))
         if dialect.is_postgresql:
