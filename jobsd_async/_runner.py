@@ -277,7 +277,7 @@ class Runner:
             )
         except DRIVER_ERRORS as exc:
             # The claim may have committed before the error: such rows are ours but not
-            # running; a later claim or the resurrector picks them up.
+            # running; the resurrector picks them up.
             self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
             retry_at = self._clock.now() + timedelta(seconds=1)
             for row_id in due:

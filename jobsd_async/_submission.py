@@ -130,6 +130,7 @@ class Submitter:
         dialect = self.store.dialect
         success_limit = request.limit if request.schedule is not None else 1
         run_at: Any
+        clock_inputs: dict[str, float] = {}  # parameters of a run_at computed in SQL
         func = None
         if request.schedule is not None:
             func = resolve(request.schedule, self.schedules)
@@ -145,7 +146,10 @@ class Submitter:
         else:
             due = self.clock.now() + timedelta(seconds=request.delay)
             # The database clock decides: a run due now is claimable at once wherever it lands.
-            run_at = _create.clock_plus(self.store, _create.DELAY) if request.delay else dialect.now()
+            run_at = dialect.now()
+            if request.delay:
+                run_at = _create.clock_plus(self.store, _create.DELAY)
+                clock_inputs[_create.DELAY] = request.delay
         values = _create.first_row_values(
             instance_id=self.instance_id,
             name=request.unique if request.unique is not None else uuid.uuid4().hex,
@@ -162,9 +166,7 @@ class Submitter:
             retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
             schedule=request.schedule,
         )
-        if request.delay and not isinstance(run_at, datetime):
-            values[_create.DELAY] = request.delay
-        return values, due
+        return {**values, **clock_inputs}, due
 
 
 async def _connection(conn: Conn) -> AsyncConnection:

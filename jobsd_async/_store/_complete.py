@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Integer,
+    Select,
     Text,
     bindparam,
     case,
@@ -169,12 +170,16 @@ async def _lock_then_close(
 ) -> tuple[set[int], set[int]]:
     """Lock the batch's open rows, then close them; returns (closed ids, cancelled ids)."""
     runs = store.runs
-    lookup = select(runs.c.id, runs.c.run_started_by, runs.c.cancel_requested_at).where(
-        runs.c.id.in_([item.row.id for item in items]), runs.c.run_completed_at.is_(None)
-    )
-    if not store.dialect.is_sqlite:  # SQLite's BEGIN IMMEDIATE already excludes other writers
-        lookup = lookup.with_for_update()
-    open_rows = {r.id: r for r in await conn.execute(lookup)}
+
+    def build_lookup() -> Select[Any]:
+        lookup = select(runs.c.id, runs.c.run_started_by, runs.c.cancel_requested_at).where(
+            runs.c.id.in_(bindparam("ids", expanding=True)), runs.c.run_completed_at.is_(None)
+        )
+        # SQLite's BEGIN IMMEDIATE already excludes other writers.
+        return lookup if store.dialect.is_sqlite else lookup.with_for_update()
+
+    lookup = store.statement("lock open", build_lookup)
+    open_rows = {r.id: r for r in await conn.execute(lookup, {"ids": [item.row.id for item in items]})}
     owned = [i for i in items if i.row.id in open_rows and open_rows[i.row.id].run_started_by == i.owner_id]
     closing = [i for i in owned if open_rows[i.row.id].cancel_requested_at is None]
     cancelled = {i.row.id for i in owned} - {i.row.id for i in closing}

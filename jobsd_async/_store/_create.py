@@ -46,14 +46,8 @@ async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, A
     When a pending or running row already holds ``name_active``, nothing is inserted and the
     run id of that row's chain is returned.
     """
-    for _ in range(_MAX_INSERT_ATTEMPTS):
-        row = await _insert_if_name_free(store, conn, values)
-        if row is not None:
-            return int(row["id"]), True
-        existing = await active_run_id(store, conn, values["name_active"])
-        if existing is not None:
-            return existing, False
-    raise RuntimeError(f"unique name {values['name_active']!r} kept changing hands; giving up")
+    row, run_id = await _insert_first(store, conn, values, whole_row=False)
+    return run_id, row is not None
 
 
 async def insert_claimed(
@@ -74,10 +68,18 @@ async def insert_claimed(
     }
     if timeout is not None:
         claimed[TIMEOUT] = timeout
+    row, run_id = await _insert_first(store, conn, claimed, whole_row=True)
+    return (None if row is None else RunRow.of(row)), run_id
+
+
+async def _insert_first(
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool
+) -> tuple[Mapping[Any, Any] | None, int]:
+    """(The inserted row, its id), or (None, the active chain's run id) if the name is taken."""
     for _ in range(_MAX_INSERT_ATTEMPTS):
-        row = await _insert_if_name_free(store, conn, claimed, whole_row=True)
+        row = await _insert_if_name_free(store, conn, values, whole_row=whole_row)
         if row is not None:
-            return RunRow.of(row), int(row["id"])
+            return row, int(row["id"])
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return None, existing
@@ -143,7 +145,7 @@ def _named(runs: Table) -> ColumnElement[bool]:
 
 
 async def _insert_if_name_free(
-    store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool = False
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool
 ) -> Mapping[Any, Any] | None:
     """Insert unless the name is active; the new row's id (or, with ``whole_row``, all of it).
 
