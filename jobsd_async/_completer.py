@@ -30,6 +30,9 @@ _BATCH_MAX = 200  # completions per transaction
 _FLUSH_DELAY = 0.002  # seconds a completion waits for others to share its transaction
 _CLOSE_TIMEOUT = 10.0  # seconds close() waits for buffered completions to be written
 
+# A queued completion, how its attempt ended, and the future its batch resolves.
+_Pending = tuple[_complete.Completion, Ending, "asyncio.Future[_complete.Completed | None]"]
+
 
 class Completer:
     def __init__(
@@ -52,7 +55,7 @@ class Completer:
         self._counters = counters
         self._on_follow_up = on_follow_up
         self._on_chain_change = on_chain_change
-        self._pending: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]] = []
+        self._pending: list[_Pending] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[int]] = set()
 
@@ -62,10 +65,13 @@ class Completer:
         Returns False when the row had already been closed: nothing was written for it.
         """
         # Shielded: a caller that gives up does not unwrite its completion.
-        return await asyncio.shield(self.submit(row, ending, owner_id=owner_id))
+        return await asyncio.shield(self.submit(row, ending, owner_id=owner_id)) is not None
 
-    def submit(self, row: RunRow, ending: Ending, *, owner_id: int) -> asyncio.Future[bool]:
-        """Queue the completion of ``row``; the future says whether it was written (see ``record``).
+    def submit(
+        self, row: RunRow, ending: Ending, *, owner_id: int
+    ) -> asyncio.Future[_complete.Completed | None]:
+        """Queue the completion of ``row``; the future gives what was written, or None if the
+        row had already been closed elsewhere (see ``record``).
 
         Completions arriving within a few milliseconds share one transaction.
         """
@@ -78,7 +84,7 @@ class Completer:
             owner_id=owner_id,
         )
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        future: asyncio.Future[_complete.Completed | None] = loop.create_future()
         self._pending.append((item, ending, future))
         if len(self._pending) >= _BATCH_MAX:
             self._start_flush()
@@ -114,7 +120,7 @@ class Completer:
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, batch: list[tuple[_complete.Completion, Ending, asyncio.Future[bool]]]) -> int:
+    async def _flush(self, batch: list[_Pending]) -> int:
         """Write one batch until it lands; returns 0, or the batch size if it was abandoned."""
         items = [item for item, _, _ in batch]
         delay = _RETRY_FIRST
@@ -148,7 +154,7 @@ class Completer:
             if done is not None:
                 self._after(item, ending, done)
             if not future.done():
-                future.set_result(done is not None)
+                future.set_result(done)
         self._on_chain_change()
         return 0
 

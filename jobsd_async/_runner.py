@@ -31,6 +31,7 @@ from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
 from ._signal import wait_event
 from ._store import _cancel, _claim, _instances, _prune, _read
+from ._store._complete import Completed
 from ._store._dialect import DRIVER_ERRORS
 from ._store._rows import RunRow, Store
 
@@ -394,10 +395,6 @@ class Runner:
     def _end(self, attempt: Attempt, ending: Ending) -> bool:
         if not attempt.end(ending):
             return False
-        if ending.outcome is Outcome.FAILED:
-            self._counters.runs_errors += 1
-        elif ending.outcome is Outcome.TIMED_OUT:
-            self._counters.runs_timed_out += 1
         self._spawn_completion(attempt, ending)
         return True
 
@@ -407,7 +404,7 @@ class Runner:
         future = self._completer.submit(attempt.row, ending, owner_id=self._id)
         future.add_done_callback(functools.partial(self._completed, attempt, ending))
 
-    def _completed(self, attempt: Attempt, ending: Ending, future: asyncio.Future[bool]) -> None:
+    def _completed(self, attempt: Attempt, ending: Ending, future: asyncio.Future[Completed | None]) -> None:
         self._attempts.pop(attempt.row.id, None)
         if future.cancelled():
             return  # abandoned at shutdown: the timeout check recovers the row
@@ -419,7 +416,15 @@ class Runner:
                 exc,
                 extra={**self._extra, **attempt.log_extra},
             )
-        elif not future.result():
+        elif (done := future.result()) is not None:
+            # Counted only with the completion that landed: a row closed elsewhere first
+            # (resurrected, cancelled) is counted by whoever closed it.
+            if not done.cancelled:
+                if ending.outcome is Outcome.FAILED:
+                    self._counters.runs_errors += 1
+                elif ending.outcome is Outcome.TIMED_OUT:
+                    self._counters.runs_timed_out += 1
+        else:
             self._log.warning(
                 "jobsd: run %s was already completed elsewhere; discarding its %s ending",
                 attempt.row.id,
