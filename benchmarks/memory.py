@@ -78,7 +78,7 @@ async def backlog(engine: AsyncEngine, prefix: str, count: int) -> None:
     async with worker:
         await asyncio.sleep(2.0)  # four polls
         after = rss_mb()
-        queued = len(worker._runner._queue)  # type: ignore[union-attr]
+        queued = len(worker._runner.dispatcher._queue)  # type: ignore[union-attr]
         release.set()
     print(
         f"  {count:,} pending rows: {before:.1f} MB -> {after:.1f} MB RSS (+{after - before:.1f} MB); "

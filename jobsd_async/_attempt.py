@@ -1,16 +1,15 @@
-"""One attempt of a run on this instance: the job's task and how it ended.
+"""One attempt of a run on this instance: the row, its decoded arguments, and how it ended.
 
 An attempt ends exactly once, by whichever comes first: the job returning or raising, its
 timeout firing, a ``cancel_run``, or a kill at shutdown.  The first ending is recorded;
 anything the job does afterwards is discarded.  The job's task may outlive that moment
 (it gets ``RunInfo.cancel`` and then, after ``cancel_grace``, a task cancel), and its
-worker slot stays taken until the task has really ended.
+worker slot stays taken until the task, and the thread of a sync job, have really ended.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,28 +21,38 @@ from ._store._rows import RunRow
 
 @dataclass(frozen=True, slots=True)
 class Ending:
+    """How an attempt ended; ``retry_after`` (seconds) delays its follow-up, if it has one."""
+
     outcome: Outcome
     error: str | None = None
     result: str | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Ending:
+        """The ending of a stop from outside (timeout, cancel, kill), with its recorded text."""
+        return cls(outcome, outcome.error_text())
 
 
 class Attempt:
     """A claimed row being executed here."""
 
-    __slots__ = ("_info", "args", "contract", "decode_error", "ending", "kwargs", "row", "task")
+    __slots__ = ("_info", "args", "contract", "ending", "holders", "kwargs", "row", "task")
 
-    def __init__(self, row: RunRow, contract: JobFunc) -> None:
+    def __init__(self, row: RunRow, contract: JobFunc | None) -> None:
         assert row.run_started_at is not None and row.run_started_by is not None
         self.row = row
-        self.contract = contract
-        self.decode_error: ValueError | None = None
-        try:
-            self.args, self.kwargs = decode_args(row.job_args, row.job_kwargs)
-        except ValueError as exc:  # written by something other than jobsd_async
-            self.args, self.kwargs, self.decode_error = (), {}, exc
+        self.contract = contract  # None: the job is not registered here (see WorkerPool)
+        self.args: tuple[Any, ...] = ()
+        self.kwargs: dict[str, Any] = {}
         self.ending: Ending | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.holders = 0  # the task, and the thread of a sync job, each hold the slot
         self._info: RunInfo | None = None  # built only for jobs that take it
+
+    def decode(self) -> None:
+        """Decode the stored arguments; raises ValueError (or RecursionError) if they are unusable."""
+        self.args, self.kwargs = decode_args(self.row.job_args, self.row.job_kwargs)
 
     @property
     def info(self) -> RunInfo:
@@ -76,27 +85,20 @@ class Attempt:
                 created_by=row.created_by,
                 cancel=asyncio.Event(),
             )
-            if self.ending is not None and self.ending.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            if self.ending is not None and self.ending.outcome.stops_the_job:
                 self._info.cancel.set()
         return self._info
-
-    async def call(self, executor: Executor) -> Any:
-        """Run the job function with this attempt's arguments."""
-        if self.decode_error is not None:
-            raise self.decode_error
-        contract = self.contract
-        info = self.info if contract.takes_run_info else None
-        return await contract.call(info, self.args, self.kwargs, executor)
 
     def end(self, ending: Ending) -> bool:
         """Record how the attempt ended; False if it had already ended another way."""
         if self.ending is not None:
             return False
         self.ending = ending
-        if self._info is not None and ending.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+        if self._info is not None and ending.outcome.stops_the_job:
             self._info.cancel.set()
         return True
 
     @property
     def log_extra(self) -> dict[str, Any]:
-        return {"run_id": self.row.run_id, "row_id": self.row.id, "job": self.row.job}
+        row = self.row
+        return {"run_id": row.run_id, "row_id": row.id, "job": row.job, "attempt": row.run_total_count}

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ._config import Backoff
+from ._config import MAX_COUNT, MAX_DURATION, backoff_delay
 from ._runs import CANCELLED_TEXT, KILLED_TEXT, TIMED_OUT_TEXT
 from ._store._rows import RunRow
+from ._text import MAX_ERROR_LENGTH, storable
 
 
 class Outcome(enum.Enum):
@@ -23,8 +24,17 @@ class Outcome(enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    # Stopped at shutdown, or claimed but never started: re-run without consuming a retry.
     KILLED = "killed"
     CANCELLED = "cancelled"
+    # The row itself cannot run (its stored arguments cannot be decoded or bound): recorded
+    # as failed, and its chain ends, because a retry would fail the same way.
+    REJECTED = "rejected"
+
+    @property
+    def stops_the_job(self) -> bool:
+        """Whether this ending comes from outside the job, which is then told to stop."""
+        return self in (Outcome.TIMED_OUT, Outcome.KILLED, Outcome.CANCELLED)
 
     def error_text(self, error: BaseException | None = None) -> str | None:
         """The text recorded in ``run_completed_error`` for this outcome."""
@@ -38,7 +48,16 @@ class Outcome(enum.Enum):
             return CANCELLED_TEXT
         if error is None:
             return "job failed"
-        return f"{type(error).__name__}: {error}"
+        return describe(error)
+
+
+def describe(error: BaseException) -> str:
+    """``"ExcType: message"`` for any exception, even one whose ``__str__`` raises; storable."""
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<unprintable {type(error).__name__} object>"
+    return storable(f"{type(error).__name__}: {message}", MAX_ERROR_LENGTH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +79,8 @@ def needs_scheduling(row: RunRow, success_count: int) -> bool:
 
 
 def _under(limit: int | None, count: int) -> bool:
-    return limit is None or count < limit
+    # A count at the column's maximum cannot grow: such a row (written by hand) retries no more.
+    return (limit is None or count < limit) and count < MAX_COUNT
 
 
 def plan_follow_up(
@@ -78,15 +98,15 @@ def plan_follow_up(
             return next_tick()
         if row.retry_backoff is None:
             return None
-        backoff = Backoff(row.retry_backoff, row.retry_backoff_cap or row.retry_backoff)
-        return now() + timedelta(seconds=backoff.delay(retry))
+        delay = backoff_delay(row.retry_backoff, row.retry_backoff_cap or row.retry_backoff, retry)
+        return now() + timedelta(seconds=min(delay, MAX_DURATION))
 
     successes = row.run_success_count + (1 if outcome is Outcome.SUCCEEDED else 0)
     scheduled = needs_scheduling(row, successes)
     error_count = row.retries_on_error_count
     timeout_count = row.retries_on_timeout_count
 
-    if outcome is Outcome.CANCELLED:
+    if outcome is Outcome.CANCELLED or outcome is Outcome.REJECTED:
         return None
     if outcome is Outcome.KILLED:
         # A kill at shutdown is not the job's fault: re-run this attempt, consuming nothing.

@@ -1,37 +1,65 @@
 """Writing how attempts ended: plan each follow-up, then write them in batches until they land.
 
 Used for the attempts this instance runs and for the rows its resurrector takes over.
-Completions arriving within ``_FLUSH_DELAY`` share one transaction (up to ``_BATCH_MAX``).
-A write that fails on a database error is retried with backoff until it succeeds; a row
-that turns out to be closed already (resurrected elsewhere) has its late ending discarded.
-A crash before a batch is written leaves its rows running: the resurrector re-runs them.
+Completions arriving within ``_FLUSH_DELAY`` share one transaction, up to ``_BATCH_MAX``
+of them and ``_BATCH_CHARS`` characters of text (arguments copied to follow-ups, results,
+errors), so a batch stays well inside a server's packet limit.
+
+A batch that fails is not retried blindly:
+
+- if the database does not answer (an outage), the whole batch waits with backoff (50 ms
+  doubling to 5 s) and is tried again, until the database is back;
+- if the database answers, something in the batch is what it refuses: the batch is split
+  in halves until every other completion has landed, and a single refused completion is
+  written *degraded* — as a failure that says why its outcome could not be stored, then,
+  if even that is refused, without its follow-up.  Nothing is dropped or retried forever.
+
+A row that turns out to be closed already (resurrected elsewhere) has its late ending
+discarded.  A crash before a batch is written leaves its rows running: a timeout check
+re-runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from datetime import datetime
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import literal, select
 
 from ._attempt import Ending
-from ._chain import FollowUp, Outcome, plan_follow_up
+from ._chain import FollowUp, Outcome, describe, plan_follow_up
 from ._clock import DbClock
-from ._config import Config
-from ._errors import ScheduleError
+from ._config import MAX_DURATION, Config
 from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _complete
-from ._store._dialect import DRIVER_ERRORS
+from ._store._complete import Closing, Completed, Completion
 from ._store._instances import Counters
 from ._store._rows import RunRow, Store
+from ._text import MAX_ERROR_LENGTH, storable
 
-_RETRY_FIRST = 0.05  # seconds before the first retry of a failed write
+_RETRY_FIRST = 0.05  # seconds before the first retry of a batch while the database is away
 _RETRY_MAX = 5.0  # seconds, the backoff cap
 _BATCH_MAX = 200  # completions per transaction
+_BATCH_CHARS = 1_000_000  # characters of stored text per transaction (one bigger item goes alone)
 _FLUSH_DELAY = 0.002  # seconds a completion waits for others to share its transaction
 _CLOSE_TIMEOUT = 10.0  # seconds close() waits for buffered completions to be written
+_ITEM_OVERHEAD = 500  # characters a completion costs besides its texts
+_REFUSALS = 3  # failed writes of one completion alone (with backoff) before it is made simpler
 
-# A queued completion, how its attempt ended, and the future its batch resolves.
-_Pending = tuple[_complete.Completion, Ending, "asyncio.Future[_complete.Completed | None]"]
+Written = Completed | None
+"""What a completion did: its row closed (and follow-up), or None if the row was closed elsewhere."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    item: Completion
+    ending: Ending
+    future: asyncio.Future[Written]
+    size: int
+    degraded: int = 0  # how many times the database refused it and it was made simpler
+    refusals: int = 0  # failed writes of it alone, in a row
 
 
 class Completer:
@@ -45,17 +73,19 @@ class Completer:
         schedules: Mapping[str, ScheduleFunc],
         counters: Counters,
         on_follow_up: Callable[[int, datetime], None],
-        on_chain_change: Callable[[], None],
+        on_chain_change: Callable[[Iterable[int]], None],
     ) -> None:
         self._log = config.logger
         self._store = store
         self._clock = clock
         self._id = instance_id
+        self._extra = {"instance_id": instance_id}
         self._schedules = schedules
         self._counters = counters
         self._on_follow_up = on_follow_up
         self._on_chain_change = on_chain_change
         self._pending: list[_Pending] = []
+        self._pending_size = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[int]] = set()
 
@@ -67,36 +97,36 @@ class Completer:
         # Shielded: a caller that gives up does not unwrite its completion.
         return await asyncio.shield(self.submit(row, ending, owner_id=owner_id)) is not None
 
-    def submit(
-        self, row: RunRow, ending: Ending, *, owner_id: int
-    ) -> asyncio.Future[_complete.Completed | None]:
-        """Queue the completion of ``row``; the future gives what was written, or None if the
-        row had already been closed elsewhere (see ``record``).
+    def submit(self, row: RunRow, ending: Ending, *, owner_id: int) -> asyncio.Future[Written]:
+        """Queue the completion of ``row``; the future gives what was written (see ``record``).
 
         Completions arriving within a few milliseconds share one transaction.
         """
-        item = _complete.Completion(
+        item = Completion(
             row=row,
-            closing=_complete.Closing(
+            closing=Closing(
                 error=ending.error, result=ending.result, success=ending.outcome is Outcome.SUCCEEDED
             ),
-            follow_up=self.plan(row, ending.outcome),
+            follow_up=self.plan(row, ending),
             owner_id=owner_id,
         )
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[_complete.Completed | None] = loop.create_future()
-        self._pending.append((item, ending, future))
-        if len(self._pending) >= _BATCH_MAX:
+        pending = _Pending(item, ending, loop.create_future(), _size(item))
+        if self._pending and self._pending_size + pending.size > _BATCH_CHARS:
+            self._start_flush()
+        self._pending.append(pending)
+        self._pending_size += pending.size
+        if len(self._pending) >= _BATCH_MAX or self._pending_size >= _BATCH_CHARS:
             self._start_flush()
         elif self._flush_timer is None:
             self._flush_timer = loop.call_later(_FLUSH_DELAY, self._start_flush)
-        return future
+        return pending.future
 
     async def close(self) -> int:
         """Write what is buffered, then stop; returns how many completions were abandoned.
 
         A write still failing after ``_CLOSE_TIMEOUT`` is abandoned: its rows stay running
-        and the timeout check recovers them.
+        and another instance's timeout check recovers them.
         """
         if self._pending:
             self._start_flush()
@@ -114,83 +144,172 @@ class Completer:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        batch, self._pending = self._pending, []
+        batch, self._pending, self._pending_size = self._pending, [], 0
         if batch:
             task = asyncio.create_task(self._flush(batch), name=f"jobsd completions #{self._id}")
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
+    # ---------------------------------------------------------------- writing
+
     async def _flush(self, batch: list[_Pending]) -> int:
-        """Write one batch until it lands; returns 0, or the batch size if it was abandoned."""
-        items = [item for item, _, _ in batch]
-        delay = _RETRY_FIRST
+        """Write one batch until it lands; returns 0, or how many were abandoned (cancelled)."""
         try:
-            while True:
-                try:
-                    results = await self._store.dialect.retrying(
-                        lambda conn: _complete.complete_many(self._store, conn, items, instance_id=self._id)
-                    )
-                    break
-                except DRIVER_ERRORS as exc:
-                    self._log.warning(
-                        "jobsd: recording %d runs failed, retrying in %.2fs: %s",
-                        len(items),
-                        delay,
-                        exc,
-                        extra={"instance_id": self._id, "row_ids": [i.row.id for i in items]},
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _RETRY_MAX)
+            await self._write(batch)
         except asyncio.CancelledError:
-            for _, _, future in batch:
-                future.cancel()
-            return len(batch)
-        except BaseException as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            raise
-        for (item, ending, future), done in zip(batch, results, strict=True):
-            if done is not None:
-                self._after(item, ending, done)
-            if not future.done():
-                future.set_result(done)
-        self._on_chain_change()
+            for pending in batch:
+                pending.future.cancel()
+            return sum(1 for p in batch if not p.future.done() or p.future.cancelled())
+        self._on_chain_change({p.item.row.run_id for p in batch})
         return 0
 
-    def _after(self, item: _complete.Completion, ending: Ending, done: _complete.Completed) -> None:
+    async def _write(self, batch: list[_Pending]) -> None:
+        """Write ``batch``: again while the database is away, in halves if it refuses one item."""
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                items = [p.item for p in batch]
+                results = await self._store.dialect.retrying(
+                    lambda conn, items=items: _complete.complete_many(  # type: ignore[misc]
+                        self._store, conn, items, instance_id=self._id
+                    )
+                )
+            except Exception as exc:
+                answers = await self._database_answers()
+                if answers and len(batch) > 1:
+                    half = len(batch) // 2
+                    await self._write(batch[:half])
+                    await self._write(batch[half:])
+                    return
+                refused = batch[0]
+                refused.refusals = refused.refusals + 1 if answers else 0
+                if refused.refusals >= _REFUSALS:
+                    degraded = self._degraded(refused, exc)
+                    if degraded is None:
+                        refused.future.set_exception(exc)
+                        return
+                    batch = [degraded]
+                    continue
+                self._log.warning(
+                    "jobsd: recording %d runs failed, retrying in %.2fs: %s",
+                    len(batch),
+                    delay,
+                    exc,
+                    extra={**self._extra, "row_ids": [p.item.row.id for p in batch]},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            for pending, done in zip(batch, results, strict=True):
+                if done is not None:
+                    self._after(pending.item, done)
+                if not pending.future.done():
+                    pending.future.set_result(done)
+            return
+
+    async def _database_answers(self) -> bool:
+        """Whether the database is reachable (then a failed write was refused, not cut off)."""
+        try:
+            async with self._store.dialect.reading() as conn:
+                await conn.execute(select(literal(1)))
+        except Exception:
+            return False
+        return True
+
+    def _degraded(self, refused: _Pending, exc: Exception) -> _Pending | None:
+        """The next, simpler way to record a completion the database refused; None: none left.
+
+        First as a failure saying why its outcome could not be stored (with the follow-up a
+        failure gets), then the same without a follow-up.
+        """
+        item = refused.item
+        row = item.row
+        extra = {**self._extra, "run_id": row.run_id, "row_id": row.id, "job": row.job}
+        if refused.degraded >= 2:
+            self._log.error(
+                "jobsd: run %s: even its simplest completion was refused; it stays running",
+                row.run_id,
+                exc_info=exc,
+                extra=extra,
+            )
+            return None
+        if refused.degraded == 0:
+            outcome = refused.ending.outcome.value
+            text = storable(
+                f"jobsd could not store the outcome of this attempt ({outcome}): {describe(exc)}",
+                MAX_ERROR_LENGTH,
+            )
+            follow_up = self.plan(row, Ending(Outcome.FAILED, text))
+        else:
+            text, follow_up = item.closing.error or "", None
+        self._log.error(
+            "jobsd: run %s: the database refused its completion; recording it as failed%s",
+            row.run_id,
+            "" if follow_up is not None else " without a follow-up",
+            exc_info=exc,
+            extra=extra,
+        )
+        simpler = dataclasses.replace(
+            item, closing=Closing(error=text, result=None, success=False), follow_up=follow_up
+        )
+        return _Pending(
+            simpler,
+            Ending(Outcome.FAILED, text),
+            refused.future,
+            _size(simpler),
+            degraded=refused.degraded + 1,
+        )
+
+    def _after(self, item: Completion, done: Completed) -> None:
         row, follow_up = item.row, item.follow_up
         self._log.debug(
-            "jobsd: run %s %s",
-            row.id,
-            "cancelled" if done.cancelled else ending.outcome.value,
-            extra={"instance_id": self._id, "run_id": row.run_id, "row_id": row.id, "job": row.job},
+            "jobsd: run %s recorded",
+            row.run_id,
+            extra={**self._extra, "run_id": row.run_id, "row_id": row.id, "job": row.job},
         )
         if follow_up is not None and done.follow_up_id is not None:
             if follow_up.rescheduled:
                 self._counters.runs_rescheduled += 1
             self._on_follow_up(done.follow_up_id, follow_up.run_at or self._clock.now())
 
+    # ---------------------------------------------------------------- planning
+
     @property
     def schedule_names(self) -> list[str]:
         """The schedules whose follow-ups this instance can compute."""
         return list(self._schedules)
 
-    def plan(self, row: RunRow, outcome: Outcome) -> FollowUp | None:
+    def plan(self, row: RunRow, ending: Ending) -> FollowUp | None:
+        """The follow-up of ``row`` after ``ending``; None if it has none, or it cannot be
+        computed here (the chain then ends, with an error logged)."""
+
         def tick() -> datetime:
             assert row.schedule is not None
             func = resolve(row.schedule, self._schedules)
             if func is None:
-                raise ScheduleError(f"schedule {row.schedule!r} cannot be computed on this instance")
+                raise ValueError(f"schedule {row.schedule!r} cannot be computed on this instance")
             return next_tick(row.schedule, func, self._clock.now())
 
         try:
-            return plan_follow_up(row, outcome, tick, self._clock.now)
-        except ScheduleError as exc:
+            follow_up = plan_follow_up(row, ending.outcome, tick, self._clock.now)
+            if follow_up is not None and ending.retry_after is not None:
+                due = self._clock.now() + timedelta(seconds=min(ending.retry_after, MAX_DURATION))
+                follow_up = dataclasses.replace(follow_up, run_at=due)
+            return follow_up
+        except Exception as exc:  # a schedule that fails, or absurd values in a row
             self._log.error(
-                "jobsd: run %s: %s; its chain ends here",
-                row.id,
-                exc,
-                extra={"instance_id": self._id, "run_id": row.run_id, "job": row.job},
+                "jobsd: run %s: cannot plan what follows it (%s); its chain ends here",
+                row.run_id,
+                describe(exc),
+                extra={**self._extra, "run_id": row.run_id, "row_id": row.id, "job": row.job},
             )
             return None
+
+
+def _size(item: Completion) -> int:
+    """Characters of text ``item`` writes: its closing, and the arguments its follow-up copies."""
+    closing = item.closing
+    size = _ITEM_OVERHEAD + len(closing.error or "") + len(closing.result or "")
+    if item.follow_up is not None:
+        size += len(item.row.job_args or "") + len(item.row.job_kwargs or "")
+    return size

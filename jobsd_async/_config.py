@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TypeAlias
 
+from ._text import is_storable
+
 Duration: TypeAlias = float | int | timedelta
 """Seconds as a number, or a :class:`datetime.timedelta`."""
 
@@ -27,6 +29,12 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds
 DEFAULT_CANCEL_GRACE = 5.0  # seconds
 DEFAULT_BACKOFF_CAP = 3600.0  # seconds, the longest wait before a retry
 MAX_NAME_LENGTH = 255
+# Upper bounds checked at input, so that every stored value stays within what the three
+# databases' timestamp and integer types can compute with (see docs/api.md, "Limits").
+MAX_DURATION = 100 * 365.25 * 86400  # seconds: a hundred years
+MAX_COUNT = 2**31 - 1  # retry limits and counts: the INTEGER columns' range
+MAX_WORKERS = 10_000
+MAX_POLL_LIMIT = 100_000
 # Index names are "ix_{prefix}runs_pending" and the like; PostgreSQL truncates identifiers at 63.
 MAX_TABLE_PREFIX_LENGTH = 40
 
@@ -71,6 +79,8 @@ def to_seconds(name: str, value: object, *, allow_none: bool = False) -> float |
         raise ValueError(f"{name} must be a finite duration, got {value!r}")
     if seconds < 0:
         raise ValueError(f"{name} must not be negative, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{name} must be at most {MAX_DURATION:.0f} seconds (100 years), got {value!r}")
     return seconds
 
 
@@ -90,14 +100,18 @@ def to_retry_limit(name: str, value: object) -> int | None:
         return None
     if value < 0:
         raise ValueError(f"{name} must be >= 0, or None/-1 for unlimited, got {value!r}")
+    if value > MAX_COUNT:
+        raise ValueError(f"{name} must be at most {MAX_COUNT}, got {value!r}")
     return value
 
 
-def to_count(name: str, value: object, *, minimum: int) -> int:
+def to_count(name: str, value: object, *, minimum: int, maximum: int = MAX_COUNT) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return value
 
 
@@ -111,6 +125,8 @@ def check_name(kind: str, name: object) -> str:
         raise ValueError(f"{kind} name must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
     if "," in name:
         raise ValueError(f"{kind} name must not contain a comma, got {name!r}")
+    if not is_storable(name):
+        raise ValueError(f"{kind} name must not contain NUL characters or lone surrogates, got {name!r}")
     return name
 
 
@@ -146,8 +162,25 @@ class Backoff:
 
     def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds before the ``retry``-th retry (1 for the first)."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(retry - 1, 64))
-        return ceiling * (0.5 + rand() / 2)
+        return backoff_delay(self.base, self.cap, retry, rand)
+
+
+def backoff_delay(base: float, cap: float, retry: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before the ``retry``-th retry, for any stored base and cap (clamped to sane values).
+
+    Rows may be written by anything: a base or cap that is not a finite positive number of at
+    most MAX_DURATION seconds is clamped, so computing a retry never fails.
+    """
+    base = _clamp_seconds(base)
+    cap = max(base, _clamp_seconds(cap))
+    ceiling = min(cap, base * 2.0 ** min(max(retry, 1) - 1, 64))
+    return ceiling * (0.5 + rand() / 2)
+
+
+def _clamp_seconds(value: float) -> float:
+    if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+        return 0.0
+    return min(float(value), MAX_DURATION)
 
 
 def to_backoff(name: str, value: object) -> Backoff | None:
@@ -249,9 +282,9 @@ def build_config(
     grace = to_seconds("cancel_grace", cancel_grace)
     assert grace is not None
     return Config(
-        workers=to_count("workers", workers, minimum=0),
+        workers=to_count("workers", workers, minimum=0, maximum=MAX_WORKERS),
         poll_interval=poll,
-        poll_limit=to_count("poll_limit", poll_limit, minimum=1),
+        poll_limit=to_count("poll_limit", poll_limit, minimum=1, maximum=MAX_POLL_LIMIT),
         timeout_check=check,
         run_timeout=to_run_timeout("run_timeout", run_timeout),
         retries_error_limit=to_retry_limit("retries_error_limit", retries_error_limit),

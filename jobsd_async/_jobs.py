@@ -8,14 +8,13 @@ because every instance reads them back from the database.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
+import hashlib
 import inspect
 import json
 import typing
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
 from ._config import Backoff, RunOptions
@@ -64,6 +63,10 @@ class JobFunc:
     __slots__ = ("func", "is_async", "signature", "takes_run_info")
 
     def __init__(self, name: str, func: object) -> None:
+        if isinstance(func, Job):
+            raise InvalidJobFuncError(
+                f"job {name!r}: {func!r} is already a registered Job; register its function, job.func"
+            )
         if (
             not callable(func)
             or inspect.isclass(func)
@@ -109,17 +112,35 @@ class JobFunc:
             ) from exc
 
     async def call(
-        self, info: RunInfo | None, args: tuple[Any, ...], kwargs: dict[str, Any], executor: Executor
+        self,
+        info: RunInfo | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_sync: Callable[[Callable[[], Any]], Awaitable[Any]],
     ) -> Any:
-        """Run the function: on the loop when async, on ``executor``'s threads when sync.
+        """Run the function: on the loop when async, through ``run_sync`` (a thread) when sync.
 
         ``info`` is required when the function takes a RunInfo, and ignored otherwise.
         """
         call_args = (info, *args) if self.takes_run_info else args
         if self.is_async:
             return await self.func(*call_args, **kwargs)
-        call = functools.partial(contextvars.copy_context().run, self.func, *call_args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+        value = await run_sync(
+            functools.partial(contextvars.copy_context().run, self.func, *call_args, **kwargs)
+        )
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()  # never awaited, and never to be: no "never awaited" warning
+            raise TypeError(
+                f"{self.func!r} is a plain function but returned an awaitable ({type(value).__name__}); "
+                "declare the job `async def` to have it awaited"
+            )
+        return value
+
+    @property
+    def fingerprint(self) -> str:
+        """A short digest of the signature (without RunInfo), telling versions of a job apart."""
+        return hashlib.blake2b(str(self.signature).encode("utf-8", "replace"), digest_size=6).hexdigest()
 
 
 def encode_args(job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ParamSpec, overload
 
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,41 +27,31 @@ from ._config import (
     DEFAULT_TABLE_PREFIX,
     DEFAULT_TIMEOUT_CHECK,
     DEFAULT_WORKERS,
-    UNSET,
     Backoff,
     Duration,
-    RunOptions,
     build_config,
-    check_name,
     to_seconds,
 )
 from ._creator import Conn, RunCreator, RunRequest
-from ._errors import JobsDStateError, RunNotFoundError, UnknownJobError
+from ._errors import JobsDStateError, RunNotFoundError, StoreError, UnknownJobError
 from ._jobs import Args, Job, decode_result
+from ._registry import Registrations
 from ._runner import Runner
-from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
-from ._schedules import BUILTIN_PREFIXES, ScheduleFunc
-from ._signal import Signal
+from ._runs import InstanceInfo, RunState, RunStatus
+from ._schedules import ScheduleFunc
 from ._store import _cancel, _instances, _prune, _read
 from ._store._dialect import Dialect, wrap_errors
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
 from ._submission import Submitter
+from ._waiters import Waiters
 
 __all__ = ("JobsD",)
 
 
 P = ParamSpec("P")
-F = TypeVar("F", bound=Callable[..., Any])
 _WAIT_POLL_MAX = 0.25  # seconds between checks of a chain finishing on another instance
-
-
-class _JobDecorator(Protocol):
-    @overload
-    def __call__(self, func: Callable[Concatenate[RunInfo, P], Any], /) -> Job[P]: ...
-
-    @overload
-    def __call__(self, func: Callable[P, Any], /) -> Job[P]: ...
+_MAX_ID = 2**63 - 1  # the largest id a BIGINT column holds
 
 
 class _State(enum.Enum):
@@ -72,7 +62,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class JobsD:
+class JobsD(Registrations):
     """One member of a jobsd cluster: registers jobs and schedules, creates and runs runs.
 
     Use it as ``async with JobsD(engine) as jd:`` (or ``await jd.up()`` / ``await jd.down()``).
@@ -133,7 +123,10 @@ class JobsD:
         self._shutdown_at: datetime | None = None
         self._counters = _instances.Counters()
         self._exit_stack: AsyncExitStack | None = None
-        self._chain_changed = Signal()
+        self._waiters = Waiters()
+        # up() and down() take turns: a down() during an up() stops what that up() started,
+        # and a second down() returns when the first has finished.
+        self._lifecycle = asyncio.Lock()
 
     # ------------------------------------------------------------------ properties
 
@@ -191,118 +184,6 @@ class JobsD:
             created_at=self._created_at,
         )
 
-    # ------------------------------------------------------------------ registration
-
-    @overload
-    def register_job(
-        self,
-        name: str,
-        func: Callable[Concatenate[RunInfo, P], Any],
-        *,
-        run_timeout: Duration | None = ...,
-        retries_error_limit: int | None = ...,
-        retries_timeout_limit: int | None = ...,
-        retry_backoff: Duration | Backoff | None = ...,
-    ) -> Job[P]: ...
-
-    @overload
-    def register_job(
-        self,
-        name: str,
-        func: Callable[P, Any],
-        *,
-        run_timeout: Duration | None = ...,
-        retries_error_limit: int | None = ...,
-        retries_timeout_limit: int | None = ...,
-        retry_backoff: Duration | Backoff | None = ...,
-    ) -> Job[P]: ...
-
-    def register_job(
-        self,
-        name: str,
-        func: Callable[..., Any],
-        *,
-        run_timeout: Duration | None = UNSET,  # type: ignore[assignment]
-        retries_error_limit: int | None = UNSET,  # type: ignore[assignment]
-        retries_timeout_limit: int | None = UNSET,  # type: ignore[assignment]
-        retry_backoff: Duration | Backoff | None = UNSET,  # type: ignore[assignment]
-    ) -> Job[Any]:
-        """Register ``func`` as job ``name``; options override the instance defaults.
-
-        A first parameter annotated ``RunInfo`` receives the attempt's RunInfo; the
-        returned Job's ``create_run`` takes the remaining parameters.
-        """
-        self._require_registering("register_job")
-        check_name("job", name)
-        if name in self._jobs:
-            raise ValueError(f"job {name!r} is already registered")
-        options = RunOptions.parse(
-            run_timeout=run_timeout,
-            retries_error_limit=retries_error_limit,
-            retries_timeout_limit=retries_timeout_limit,
-            retry_backoff=retry_backoff,
-        )
-        job: Job[Any] = Job(name, func, options.over(self._config.run_defaults), self.create_run)
-        self._jobs[name] = job
-        return job
-
-    @overload
-    def job(self, func: Callable[Concatenate[RunInfo, P], Any], /) -> Job[P]: ...
-
-    @overload
-    def job(self, func: Callable[P, Any], /) -> Job[P]: ...
-
-    @overload
-    def job(
-        self,
-        name: str | None = None,
-        *,
-        run_timeout: Duration | None = ...,
-        retries_error_limit: int | None = ...,
-        retries_timeout_limit: int | None = ...,
-        retry_backoff: Duration | Backoff | None = ...,
-    ) -> _JobDecorator: ...
-
-    def job(self, name: Any = None, **options: Any) -> Any:
-        """Decorator form of :meth:`register_job`; the name defaults to ``func.__qualname__``."""
-        if callable(name):
-            return self.register_job(name.__qualname__, name)
-
-        def decorate(func: Callable[..., Any]) -> Job[Any]:
-            return self.register_job(name if name is not None else func.__qualname__, func, **options)
-
-        return decorate
-
-    def register_schedule(self, name: str, func: ScheduleFunc) -> ScheduleFunc:
-        """Register a schedule: a function ``(now) -> next due time`` (timezone-aware)."""
-        self._require_registering("register_schedule")
-        check_name("schedule", name)
-        if name.startswith(BUILTIN_PREFIXES):
-            raise ValueError(f"schedule name {name!r} must not start with {' or '.join(BUILTIN_PREFIXES)}")
-        if name in self._schedules:
-            raise ValueError(f"schedule {name!r} is already registered")
-        if not callable(func):
-            raise TypeError(f"schedule {name!r} must be callable, got {func!r}")
-        self._schedules[name] = func
-        return func
-
-    @overload
-    def schedule(self, name: F, /) -> F: ...
-
-    @overload
-    def schedule(self, name: str | None = None) -> Callable[[F], F]: ...
-
-    def schedule(self, name: Any = None) -> Any:
-        """Decorator form of :meth:`register_schedule`; the name defaults to ``__qualname__``."""
-        if callable(name):
-            return self.register_schedule(name.__qualname__, name)
-
-        def decorate(func: F) -> F:
-            self.register_schedule(name if name is not None else func.__qualname__, func)
-            return func
-
-        return decorate
-
     def _require_registering(self, what: str) -> None:
         if self._state is not _State.NEW:
             raise JobsDStateError(f"{what}() must be called before up(); register everything first")
@@ -317,44 +198,15 @@ class JobsD:
                 "create a new JobsD to start again"
             )
         self._state = _State.STARTING
-        try:
-            async with AsyncExitStack() as stack:
-                store = Store(await wrap_errors(Dialect.detect(self._engine), "connecting"), self._tables)
-                if self._config.auto_migrate:
-                    await wrap_errors(self._migrate(store), "creating tables")
-                await wrap_errors(self._sample_clock(store), "reading the database clock")
-                self._instance_id = await wrap_errors(
-                    store.dialect.retrying(
-                        lambda conn: _instances.register(
-                            store, conn, self._config, list(self._jobs), list(self._schedules)
-                        )
-                    ),
-                    "registering the instance",
-                )
-                self._created_at = self._clock.now()
-                self._store = store
-                runner = Runner(
-                    config=self._config,
-                    store=store,
-                    clock=self._clock,
-                    instance_id=self._instance_id,
-                    jobs=self._jobs,
-                    schedules=self._schedules,
-                    counters=self._counters,
-                    on_chain_change=self._chain_changed.notify,
-                )
-                stack.push_async_callback(self._write_shutdown, runner)
-                await runner.start()
-                stack.push_async_callback(runner.stop)
-                self._runner = runner
-                self._submitter = Submitter(store, runner, self._clock, self._instance_id, self._schedules)
-                self._exit_stack = stack.pop_all()
-        except BaseException:
-            self._state = _State.STOPPED
-            self._runner = None
-            self._submitter = None
-            raise
-        self._state = _State.STARTED
+        async with self._lifecycle:
+            try:
+                await self._start()
+            except BaseException:
+                self._state = _State.STOPPED
+                self._runner = None
+                self._submitter = None
+                raise
+            self._state = _State.STARTED
         self.logger.info(
             "jobsd: instance %s up (%d workers, jobs: %s)",
             self._instance_id,
@@ -363,25 +215,66 @@ class JobsD:
             extra={"instance_id": self._instance_id},
         )
 
+    async def _start(self) -> None:
+        async with AsyncExitStack() as stack:
+            store = Store(await wrap_errors(Dialect.detect(self._engine), "connecting"), self._tables)
+            if self._config.auto_migrate:
+                await wrap_errors(self._migrate(store), "creating tables")
+            await wrap_errors(self._sample_clock(store), "reading the database clock")
+            fingerprints = {name: job.contract.fingerprint for name, job in self._jobs.items()}
+            self._instance_id = await wrap_errors(
+                store.dialect.retrying(
+                    lambda conn: _instances.register(
+                        store, conn, self._config, fingerprints, list(self._schedules)
+                    )
+                ),
+                "registering the instance",
+            )
+            self._created_at = self._clock.now()
+            self._store = store
+            runner = Runner(
+                config=self._config,
+                store=store,
+                clock=self._clock,
+                instance_id=self._instance_id,
+                jobs=self._jobs,
+                schedules=self._schedules,
+                counters=self._counters,
+                on_chain_change=self._waiters.notify,
+            )
+            await wrap_errors(runner.start(), "starting")
+            stack.push_async_callback(self._stopped)
+            stack.push_async_callback(runner.stop)
+            self._runner = runner
+            self._submitter = Submitter(
+                store, runner.dispatcher, self._clock, self._instance_id, self._schedules
+            )
+            self._exit_stack = stack.pop_all()
+
+    async def _stopped(self) -> None:
+        self._shutdown_at = self._clock.now()
+
     async def down(self) -> None:
         """Stop: let running jobs finish for ``shutdown_timeout``, then kill and hand them over.
 
-        Idempotent.  Killed runs get a follow-up row that another instance runs.
+        Idempotent; a ``down()`` during ``up()`` waits for it and then stops what it started.
+        Killed runs get a follow-up row that another instance runs.
         """
-        if self._state is not _State.STARTED:
-            if self._state is _State.NEW:
+        async with self._lifecycle:
+            if self._state is not _State.STARTED:
+                if self._state is _State.NEW:
+                    self._state = _State.STOPPED
+                return
+            self._state = _State.STOPPING
+            self.logger.info(
+                "jobsd: instance %s going down", self._instance_id, extra={"instance_id": self._instance_id}
+            )
+            try:
+                assert self._exit_stack is not None
+                await self._exit_stack.aclose()
+            finally:
                 self._state = _State.STOPPED
-            return
-        self._state = _State.STOPPING
-        self.logger.info(
-            "jobsd: instance %s going down", self._instance_id, extra={"instance_id": self._instance_id}
-        )
-        try:
-            assert self._exit_stack is not None
-            await self._exit_stack.aclose()
-        finally:
-            self._state = _State.STOPPED
-            self._chain_changed.notify()
+                self._waiters.notify_all()
         self.logger.info(
             "jobsd: instance %s down", self._instance_id, extra={"instance_id": self._instance_id}
         )
@@ -410,18 +303,6 @@ class JobsD:
     async def _sample_clock(self, store: Store) -> None:
         async with store.dialect.reading() as conn:
             await _read.sample_clock(store, conn, self._clock)
-
-    async def _write_shutdown(self, runner: Runner) -> None:
-        try:
-            await runner.beat(shutdown=True)
-        except Exception as exc:
-            self.logger.error(
-                "jobsd: could not record shutdown of instance %s: %s",
-                self._instance_id,
-                exc,
-                extra={"instance_id": self._instance_id},
-            )
-        self._shutdown_at = self._clock.now()
 
     def _require_started(self) -> Submitter:
         if self._state is not _State.STARTED or self._submitter is None:
@@ -495,16 +376,22 @@ class JobsD:
     async def get_run_state(self, run_id: int) -> RunState:
         """The state of the run's chain (its latest row); raises RunNotFoundError."""
         store = self._require_store()
-        row = await wrap_errors(self._latest(store, run_id), "reading a run")
+        row = await wrap_errors(self._latest(store, _run_id(run_id)), "reading a run")
         if row is None:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         return self._state_of(row)
 
     async def _latest(self, store: Store, run_id: int) -> RunRow | None:
+        if not 0 < run_id <= _MAX_ID:
+            return None  # no row can have it; some drivers would fail to even send it
         async with store.dialect.reading() as conn:
             return await _read.latest_of_chain(store, conn, run_id)
 
     def _state_of(self, row: RunRow) -> RunState:
+        try:
+            result = decode_result(row.run_result)
+        except Exception as exc:  # written by something other than jobsd_async
+            raise StoreError(f"the stored result of run {row.run_id} cannot be decoded: {exc!r}") from exc
         return RunState(
             run_id=row.run_id,
             id=row.id,
@@ -521,7 +408,7 @@ class JobsD:
             run_completed_error=row.run_completed_error,
             retries_on_error_count=row.retries_on_error_count,
             retries_on_timeout_count=row.retries_on_timeout_count,
-            result=decode_result(row.run_result),
+            result=result,
             created_at=row.created_at,
             created_by=row.created_by,
             _loader=self.get_run_state,
@@ -531,13 +418,17 @@ class JobsD:
         """Cancel the run's chain, wherever it is; False if the chain had already finished.
 
         A pending row is closed with ``job run cancelled`` and gets no follow-up.  A running
-        row gets ``RunInfo.cancel`` on the instance running it (at once here, within that
-        instance's ``heartbeat_interval`` elsewhere), then a task cancel after
-        ``cancel_grace``; it is recorded as cancelled whatever the job does afterwards.
+        row gets ``RunInfo.cancel`` on the instance running it (at once here, at once through
+        PostgreSQL's NOTIFY elsewhere, else within that instance's ``heartbeat_interval``),
+        then a task cancel after ``cancel_grace``; it is recorded as cancelled whatever the
+        job does afterwards.
         """
+        run_id = _run_id(run_id)
         submitter = self._require_started()
-        store, runner = submitter.store, submitter.runner
-        outcome, row = await wrap_errors(
+        store = submitter.store
+        if not 0 < run_id <= _MAX_ID:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        outcome, flagged = await wrap_errors(
             store.dialect.retrying(lambda conn: _cancel.request_cancel(store, conn, run_id)),
             "cancelling a run",
         )
@@ -545,10 +436,9 @@ class JobsD:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         if outcome is _cancel.CancelOutcome.ALREADY_FINISHED:
             return False
-        assert row is not None
-        if outcome is _cancel.CancelOutcome.FLAGGED_RUNNING and row.run_started_by == self.instance_id:
-            runner.cancel_local(row.id)
-        self._chain_changed.notify()
+        if flagged is not None and flagged.owner == self.instance_id and self._runner is not None:
+            self._runner.cancel_local(flagged.row_id)
+        self._waiters.notify([run_id])
         return True
 
     async def prune(self, older_than: Duration) -> int:
@@ -565,6 +455,7 @@ class JobsD:
 
     async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""
+        run_id = _run_id(run_id)
         seconds = to_seconds("timeout", timeout, allow_none=True)
         pause = 0.005
         async with asyncio.timeout(seconds):
@@ -572,6 +463,14 @@ class JobsD:
                 state = await self.get_run_state(run_id)
                 if state.status.finished:
                     return state
-                # Local completions wake us at once; others are noticed by the re-check.
-                await self._chain_changed.wait(pause)
+                # News of this chain written here wakes us at once; others are noticed by
+                # the re-check, at growing intervals.
+                await self._waiters.wait(run_id, pause)
                 pause = min(pause * 2, _WAIT_POLL_MAX)
+
+
+def _run_id(run_id: object) -> int:
+    """A run id as the API takes it (SPEC §6.1): an int, and not a bool."""
+    if not isinstance(run_id, int) or isinstance(run_id, bool):
+        raise TypeError(f"run_id must be an int, got {run_id!r} ({type(run_id).__name__})")
+    return run_id

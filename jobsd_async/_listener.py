@@ -9,13 +9,12 @@ connection is down (it is re-established at every heartbeat).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from ._store._dialect import DRIVER_ERRORS
 
 
 class PgListener:
@@ -51,10 +50,13 @@ class PgListener:
             driver: Any = (await conn.get_raw_connection()).driver_connection
             await driver.add_listener(self._new, self._new_rows)
             await driver.add_listener(self._cancel, self._cancelled)
-        except DRIVER_ERRORS as exc:
+        except Exception as exc:  # the driver's own errors too: a pooled connection found dead
             self._log.warning("jobsd: cannot LISTEN, polling only: %s", exc, extra={"instance_id": self._id})
             if conn is not None:
-                await conn.invalidate()
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                with contextlib.suppress(Exception):
+                    await conn.close()
             return
         self._conn, self._driver = conn, driver
 
@@ -66,9 +68,14 @@ class PgListener:
             if not driver.is_closed():
                 await driver.remove_listener(self._new, self._new_rows)
                 await driver.remove_listener(self._cancel, self._cancelled)
+            else:
+                await conn.invalidate()
             await conn.close()
-        except DRIVER_ERRORS:
-            await conn.invalidate()
+        except Exception:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def _new_rows(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
         self._on_new()

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._clock import DbClock
 from ._creator import Conn, RunRequest
+from ._dispatcher import Dispatcher
 from ._errors import UnknownScheduleError
 from ._jobs import Job, encode_args
-from ._runner import Runner
 from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _create
 from ._store._dialect import wrap_errors
@@ -33,7 +33,7 @@ class Submitter:
     """What submissions need from a started instance."""
 
     store: Store
-    runner: Runner
+    dispatcher: Dispatcher
     clock: DbClock
     instance_id: int
     schedules: Mapping[str, ScheduleFunc]
@@ -42,7 +42,7 @@ class Submitter:
         """Insert one chain (or find the active one with its unique name); return its run id."""
         values, due = self._first_row(job, request)
         store = self.store
-        if conn is None and self._starts_here(job, request):
+        if conn is None and await self._starts_here(job, request):
             # Shielded: once inserted, the row must reach its task even if our caller gives up
             # (whose failure, then, nobody is left to hear).
             task = asyncio.ensure_future(self._insert_and_start(values))
@@ -61,7 +61,7 @@ class Submitter:
             self._queue(job, conn, [(run_id, due)])
         return run_id
 
-    def _starts_here(self, job: Job[Any], request: RunRequest) -> bool:
+    async def _starts_here(self, job: Job[Any], request: RunRequest) -> bool:
         """Whether a run due now goes straight to a slot here (which is then reserved).
 
         Inserted already claimed, it needs no claim, no wake-up and no poll: one
@@ -69,10 +69,10 @@ class Submitter:
         where that is faster, see ``Dialect.direct_start``).
         """
         due_now = request.at is None and not request.delay and request.schedule is None
-        return due_now and self.store.dialect.direct_start and self.runner.reserve_slot(job.name)
+        return due_now and self.store.dialect.direct_start and await self.dispatcher.reserve(job.name)
 
     async def _insert_and_start(self, values: dict[str, Any]) -> int:
-        store, runner = self.store, self.runner
+        store, dispatcher = self.store, self.dispatcher
         try:
             row, run_id = await wrap_errors(
                 store.dialect.retrying(
@@ -81,12 +81,12 @@ class Submitter:
                 "creating a run",
             )
         except BaseException:
-            runner.release_slot()
+            dispatcher.unreserve()
             raise
         if row is None:
-            runner.release_slot()  # the unique name is taken: nothing was inserted
+            dispatcher.unreserve()  # the unique name is taken: nothing was inserted
         else:
-            runner.start_claimed(row)
+            dispatcher.start_claimed(row)
         return run_id
 
     async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:
@@ -109,13 +109,13 @@ class Submitter:
         return ids
 
     def _queue(self, job: Job[Any], conn: Conn | None, due_rows: list[tuple[int, datetime]]) -> None:
-        runner = self.runner
-        if not runner.is_runnable_here(job.name):
+        dispatcher = self.dispatcher
+        if not dispatcher.is_runnable_here(job.name):
             return
 
         def enqueue() -> None:
             for run_id, due in due_rows:
-                runner.enqueue(run_id, due)
+                dispatcher.enqueue(run_id, due)
 
         if conn is None:
             enqueue()
@@ -174,8 +174,28 @@ async def _connection(conn: Conn) -> AsyncConnection:
 
 
 def _on_commit(conn: Conn, callback: Callable[[], None]) -> None:
-    """Call ``callback`` once the caller's transaction on ``conn`` commits."""
+    """Call ``callback`` once the caller's transaction on ``conn`` commits; never if it rolls back."""
+    target: Any
     if isinstance(conn, AsyncSession):
-        event.listen(conn.sync_session, "after_commit", lambda _session: callback(), once=True)
+        target, commit, rollback = conn.sync_session, "after_commit", "after_rollback"
     else:
-        event.listen(conn.sync_connection, "commit", lambda _conn: callback(), once=True)
+        target, commit, rollback = conn.sync_connection, "commit", "rollback"
+    loop = asyncio.get_running_loop()
+
+    def forget(name: str, listener: Callable[..., None]) -> None:
+        def remove() -> None:
+            if event.contains(target, name, listener):
+                event.remove(target, name, listener)
+
+        # Later, not from inside the event being dispatched (its listeners are being iterated).
+        loop.call_soon(remove)
+
+    def committed(*_: object) -> None:
+        forget(rollback, rolled_back)
+        callback()
+
+    def rolled_back(*_: object) -> None:
+        forget(commit, committed)
+
+    event.listen(target, commit, committed, once=True)
+    event.listen(target, rollback, rolled_back, once=True)

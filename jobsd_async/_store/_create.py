@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._config import Backoff
+from .._errors import StoreError
 from ._rows import RunRow, Store
 
 # A unique name can be freed between our failed insert and our look-up; then we insert again.
@@ -83,7 +84,7 @@ async def _insert_first(
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return None, existing
-    raise RuntimeError(f"unique name {values['name_active']!r} kept changing hands; giving up")
+    raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
 
 
 async def insert_many(store: Store, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
@@ -132,8 +133,15 @@ async def notify_new(store: Store, conn: AsyncConnection) -> None:
 
 
 async def active_run_id(store: Store, conn: AsyncConnection, name: str) -> int | None:
+    """The run id of the chain holding unique name ``name``, if any."""
     runs = store.runs
-    row = (await conn.execute(select(runs.c.id, runs.c.origin_id).where(runs.c.name_active == name))).first()
+    stmt = select(runs.c.id, runs.c.origin_id).where(runs.c.name_active == name)
+    row = (await conn.execute(stmt)).first()
+    if row is None and store.dialect.is_mysql:
+        # Under REPEATABLE READ (the caller's transaction may have read before) a plain SELECT
+        # reads an old snapshot where the row that just refused our insert did not exist yet;
+        # a locking read sees it.
+        row = (await conn.execute(stmt.with_for_update(read=True))).first()
     if row is None:
         return None
     return int(row.origin_id if row.origin_id is not None else row.id)

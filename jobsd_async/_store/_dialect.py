@@ -5,12 +5,15 @@
 - ``RETURNING`` support, detected from the connected server;
 - how a write transaction starts (SQLite takes its write lock up front with
   ``BEGIN IMMEDIATE``, so two writers never deadlock upgrading read locks);
-- which driver errors are transient lock conflicts worth retrying.
+- which driver errors are transient lock conflicts worth retrying, and which say the
+  connection was lost (a transaction that lost its connection before ``COMMIT`` was not
+  committed, so it is safe to run again on a new one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +24,7 @@ from sqlalchemy import BigInteger, ColumnElement, cast, func, literal_column, ty
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .._errors import StoreError
+from .._errors import JobsDError, StoreError
 from ._schema import UTCDateTime
 
 T = TypeVar("T")
@@ -71,9 +74,11 @@ class Dialect:
         return self.name == "mysql"
 
     def now(self) -> ColumnElement[datetime]:
-        """The database clock as a SQL expression."""
+        """The database clock as a SQL expression (the statement's start, not the transaction's)."""
         if self.name == "postgresql":
-            return type_coerce(func.now(), UTCDateTime)
+            # now() is the transaction's start: in a caller's long transaction (transactional
+            # enqueue) run_after(d) would count from its BEGIN.
+            return type_coerce(func.statement_timestamp(), UTCDateTime)
         if self.name == "mysql":
             return type_coerce(func.utc_timestamp(6), UTCDateTime)
         return type_coerce(func.strftime(_SQLITE_FORMAT, "now"), UTCDateTime)
@@ -88,9 +93,18 @@ class Dialect:
         modifier = func.printf("%+.6f seconds", seconds)
         return type_coerce(func.strftime(_SQLITE_FORMAT, ts, modifier), UTCDateTime)
 
+    def least(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[Any]:
+        """The smaller of two numbers in SQL."""
+        return func.min(a, b) if self.is_sqlite else func.least(a, b)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One write transaction on a pooled connection: committed on success, else rolled back."""
+        async with self._transaction(_Progress()) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(self, progress: _Progress) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             try:
                 if self.is_sqlite:
@@ -98,8 +112,9 @@ class Dialect:
                     await conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
             except BaseException:
-                await asyncio.shield(conn.rollback())
+                await _rollback(conn)
                 raise
+            progress.committing = True
             await conn.commit()
 
     @asynccontextmanager
@@ -109,13 +124,22 @@ class Dialect:
             yield conn
 
     async def retrying(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in a transaction, again on deadlocks and lock timeouts."""
+        """Run ``work`` in a transaction, again on deadlocks and lock timeouts, and once on a
+        connection found dead before ``COMMIT`` (a stale pooled connection, a terminated
+        backend): that transaction was not committed, so running it again is safe."""
+        reconnected = False
         for attempt in range(_TRANSIENT_RETRIES):
+            progress = _Progress()
             try:
-                async with self.transaction() as conn:
+                async with self._transaction(progress) as conn:
                     return await work(conn)
             except DBAPIError as exc:
-                if attempt == _TRANSIENT_RETRIES - 1 or not self.is_transient(exc):
+                if progress.committing or attempt == _TRANSIENT_RETRIES - 1:
+                    raise  # a failed COMMIT may have landed: never run it again
+                if exc.connection_invalidated and not reconnected:
+                    reconnected = True
+                    continue
+                if not self.is_transient(exc):
                     raise
             await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         raise AssertionError("unreachable")
@@ -140,6 +164,24 @@ class Dialect:
         return "UNIQUE constraint failed" in str(exc.orig)
 
 
+class _Progress:
+    """How far a transaction got: a failure at COMMIT leaves its outcome unknown."""
+
+    __slots__ = ("committing",)
+
+    def __init__(self) -> None:
+        self.committing = False
+
+
+async def _rollback(conn: AsyncConnection) -> None:
+    """Roll back; on a connection that is already broken there is nothing left to undo."""
+    try:
+        await asyncio.shield(conn.rollback())
+    except Exception:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(conn.invalidate())
+
+
 def _family(name: str) -> str:
     if name in ("mysql", "mariadb"):
         return "mysql"
@@ -149,8 +191,13 @@ def _family(name: str) -> str:
 
 
 async def wrap_errors(awaitable: Awaitable[T], what: str) -> T:
-    """Await a database operation, turning driver errors into StoreError."""
+    """Await a database operation; anything it raises leaves the public API as a StoreError.
+
+    (A driver's own exception, or any other unexpected one, never reaches the caller bare.)
+    """
     try:
         return await awaitable
-    except DRIVER_ERRORS as exc:
+    except JobsDError:
+        raise
+    except Exception as exc:
         raise StoreError(f"{what} failed: {exc}") from exc

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._config import Config
+from ._resurrect import instance_gone
 from ._rows import Store
 
 
@@ -26,16 +29,17 @@ async def register(
     store: Store,
     conn: AsyncConnection,
     config: Config,
-    jobs: list[str],
+    jobs: Mapping[str, str],
     schedules: list[str],
 ) -> int:
-    """Insert this instance's row; return its id."""
+    """Insert this instance's row; return its id.  ``jobs`` maps each job to its fingerprint."""
     now = store.dialect.now()
     result = await conn.execute(
         insert(store.instances).values(
             workers=config.workers,
             auto_migrate=config.auto_migrate,
             supported_jobs=",".join(jobs),
+            job_signatures=json.dumps(dict(jobs), separators=(",", ":")),
             supported_schedules=",".join(schedules),
             poll_interval=config.poll_interval,
             poll_limit=config.poll_limit,
@@ -66,3 +70,26 @@ async def beat(
     if shutdown:
         values["shutdown_at"] = now
     await conn.execute(update(store.instances).where(store.instances.c.id == instance_id).values(values))
+
+
+async def live_versions(store: Store, conn: AsyncConnection, job: str, *, besides: int) -> set[str]:
+    """Fingerprints of ``job`` on live instances with workers, other than ``besides``.
+
+    An instance that registered ``job`` under another fingerprint runs another version of
+    it (a rolling deploy in progress).
+    """
+    instances = store.instances
+    rows = await conn.execute(
+        select(instances.c.job_signatures).where(
+            instances.c.id != besides, instances.c.workers > 0, ~instance_gone(store)
+        )
+    )
+    found: set[str] = set()
+    for (text,) in rows:
+        try:
+            signatures = json.loads(text) if text else {}
+        except ValueError:
+            continue
+        if isinstance(signatures, dict) and isinstance(signatures.get(job), str):
+            found.add(signatures[job])
+    return found

@@ -30,7 +30,7 @@ def latest_statement(store: Store, run_id: int) -> Select[Any]:
 
 async def sample_clock(store: Store, conn: AsyncConnection, clock: DbClock) -> None:
     """Read the database clock and record its offset from the local one."""
-    sent = clock.local()
+    sent = clock.monotonic()
     value = (await conn.execute(select(store.dialect.now()))).scalar_one()
     assert isinstance(value, datetime)
-    clock.sample(value, sent, clock.local())
+    clock.sample(value, sent, clock.monotonic())

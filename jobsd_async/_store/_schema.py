@@ -163,6 +163,8 @@ def build_tables(prefix: str) -> Tables:
         Column("auto_migrate", Boolean, nullable=False),
         Column("supported_jobs", _TEXT, nullable=False),
         Column("supported_schedules", _TEXT, nullable=False),
+        # JSON {job: fingerprint of its signature}: tells versions of a job apart (0.2).
+        Column("job_signatures", _TEXT, nullable=True),
         Column("poll_interval", Float, nullable=False),
         Column("poll_limit", Integer, nullable=False),
         Column("timeout_check", Float, nullable=False),

@@ -1,0 +1,279 @@
+"""The dispatcher: finds due work and claims it, never more than the free worker slots.
+
+- The **poller** reads pending rows due soon for locally registered jobs (any creator,
+  this instance included) into the local queue, every ``poll_interval``.
+- The **claim loop** waits for a due row (or a wake-up: a run created here, a NOTIFY), takes
+  the free slots' permits, claims up to that many rows in one statement, gives back the
+  permits it did not use and starts the rows it won in the worker pool.
+- **Direct start** (``reserve`` / ``start_claimed``): a run created here that is inserted
+  already claimed takes its permit before the insert.
+- **Hand-back**: a claimed row this instance cannot run (another version of its job, or a job
+  it does not have) returns to pending for the instances that can, and is avoided here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ._attempt import Attempt
+from ._clock import DbClock
+from ._config import Config
+from ._jobs import Job
+from ._pool import WorkerPool
+from ._queue import LocalQueue
+from ._schedules import ScheduleFunc
+from ._signal import wait_event
+from ._store import _claim, _instances, _read
+from ._store._dialect import DRIVER_ERRORS
+from ._store._instances import Counters
+from ._store._rows import RunRow, Store
+from ._supervisor import Loops, ticking
+
+_EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
+_EARLY_TRIES = 5  # ... this many times, then leave the row to the poller
+_HAND_BACK_DELAY = 1.0  # seconds before a handed-back row is due again
+_AVOID_FOR = 600.0  # seconds this instance leaves a handed-back row alone
+_RESERVATIONS_WAIT = 10.0  # seconds stop() waits for inserts that reserved a slot
+
+
+class Dispatcher:
+    """Claims due rows for one instance and starts them in its worker pool."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        clock: DbClock,
+        instance_id: int,
+        jobs: Mapping[str, Job[Any]],
+        schedules: Mapping[str, ScheduleFunc],
+        counters: Counters,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._id = instance_id
+        self._jobs = jobs
+        self._schedules = schedules
+        self._counters = counters
+        self._log = config.logger
+        self._extra = {"instance_id": instance_id}
+        self._queue = LocalQueue()
+        self._wakeup = asyncio.Event()
+        self._claim_now = False  # rows may be due that are not queued here: claim at once
+        self._avoid: dict[int, float] = {}  # handed-back row id -> monotonic time to forget it
+        self._reserved = 0  # permits held for rows being inserted already claimed here
+        self._no_reservations = asyncio.Event()
+        self._no_reservations.set()
+        self._loops = Loops(f"#{instance_id}", log=config.logger, extra=self._extra)
+        self.pool: WorkerPool | None = None  # set by the runner before start()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Start the poller (which polls at once) and the claim loop."""
+        if self._config.workers == 0:
+            return
+        stopping = self._loops.stopping
+        self._loops.spawn(
+            "jobsd poller", ticking(self.poll_once, self._config.poll_interval, stopping), retry_max=5.0
+        )
+        self._loops.spawn("jobsd dispatcher", self._dispatch_step, retry_max=1.0)
+
+    async def stop(self) -> None:
+        """Stop claiming; rows being inserted already claimed here still start (then drain)."""
+        self._loops.stopping.set()
+        self._wakeup.set()
+        await self._loops.stop()
+        self._queue.clear()
+        await wait_event(self._no_reservations, _RESERVATIONS_WAIT)
+
+    @property
+    def _stopping(self) -> bool:
+        return self._loops.stopping.is_set()
+
+    # ---------------------------------------------------------------- the local queue
+
+    def enqueue(self, row_id: int, due: datetime) -> None:
+        """Offer a pending row to this instance's dispatcher."""
+        if self._stopping or self._config.workers == 0 or row_id in self._avoid:
+            return
+        if self._queue.push(row_id, due):
+            self._wakeup.set()
+
+    def wake(self) -> None:
+        """Rows may have been inserted (a NOTIFY): try a claim at once."""
+        self._claim_now = True
+        self._wakeup.set()
+
+    def wake_for_slot(self) -> None:
+        """A slot was freed: a row waiting for one can be claimed."""
+        self._wakeup.set()
+
+    def is_runnable_here(self, job: str) -> bool:
+        return self._config.workers > 0 and job in self._jobs
+
+    # ---------------------------------------------------------------- direct start
+
+    async def reserve(self, job: str) -> bool:
+        """Take a slot for a run of ``job`` about to be inserted already claimed here.
+
+        The caller must then call :meth:`start_claimed` with the row, or :meth:`unreserve`.
+        """
+        assert self.pool is not None
+        if self._stopping or not self.is_runnable_here(job) or not await self.pool.slots.take(1):
+            return False
+        self._reserved += 1
+        self._no_reservations.clear()
+        return True
+
+    def unreserve(self) -> None:
+        """Give back a reserved slot whose row was not inserted."""
+        assert self.pool is not None
+        self._done_reserving()
+        self.pool.slots.give()
+
+    def start_claimed(self, row: RunRow) -> None:
+        """Start, in its reserved slot, a row this instance inserted already claimed."""
+        assert self.pool is not None
+        self._counters.runs_started += 1
+        self.pool.start(row)
+        self._done_reserving()
+
+    def _done_reserving(self) -> None:
+        self._reserved -= 1
+        if not self._reserved:
+            self._no_reservations.set()
+
+    # ---------------------------------------------------------------- poller
+
+    async def poll_once(self) -> None:
+        store = self._store
+        async with store.dialect.reading() as conn:
+            await _read.sample_clock(store, conn, self._clock)
+            rows = await _claim.poll_due(
+                store,
+                conn,
+                jobs=list(self._jobs),
+                schedules=list(self._schedules),
+                horizon=self._config.poll_interval,
+                limit=self._config.poll_limit,
+            )
+        self._forget_avoided()
+        for row_id, run_at in rows:
+            self.enqueue(row_id, run_at)
+
+    # ---------------------------------------------------------------- claims
+
+    async def _dispatch_step(self) -> None:
+        """Claim what is due, if a slot is free; else wait for a row to come due or a slot."""
+        assert self.pool is not None
+        self._wakeup.clear()
+        now = self._clock.now()
+        head = self._queue.next_due()
+        if self._claim_now or (head is not None and head <= now):
+            free = await self.pool.slots.take(self.pool.slots.total)
+            if free:
+                try:
+                    await self._claim_and_start(now, free)
+                except BaseException:
+                    self.pool.slots.give(free)
+                    raise
+                return
+            head = None  # no slot: wait for one to free up (which wakes us)
+        timeout = None if head is None else max(0.0, (head - now).total_seconds())
+        if not self._stopping:
+            await wait_event(self._wakeup, timeout)
+
+    async def _claim_and_start(self, now: datetime, free: int) -> None:
+        """Claim up to ``free`` due rows (holding ``free`` permits), start what was won."""
+        assert self.pool is not None
+        self._claim_now = False
+        # Queued ids are hints: a claim takes whatever is due, so pop only as many as it may
+        # win, and keep the rest for the next one.
+        due = self._queue.pop_due(now, free)
+        store = self._store
+        try:
+            won = await store.dialect.retrying(
+                lambda conn: _claim.claim_due(
+                    store,
+                    conn,
+                    jobs=list(self._jobs),
+                    schedules=list(self._schedules),
+                    limit=free,
+                    instance_id=self._id,
+                    avoid=list(self._avoid),
+                )
+            )
+        except DRIVER_ERRORS as exc:
+            # The claim may have committed before the error: such rows are ours but not
+            # running, and the timeout check hands them over.
+            self.pool.slots.give(free)
+            self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
+            retry_at = self._clock.now() + timedelta(seconds=1)
+            for row_id in due:
+                self.enqueue(row_id, retry_at)
+            return
+        self.pool.slots.give(free - len(won))
+        for row in won:
+            self._counters.runs_started += 1
+            self._queue.discard(row.id)
+            self.pool.start(row)
+        if len(won) == free:
+            # Slots ran out first: more may be due, whether queued here or not; claim again
+            # as soon as a slot frees up.
+            self._claim_now = True
+            retry_at = self._clock.now()
+            for row_id in due:
+                if not self.pool.is_tracking(row_id):
+                    self.enqueue(row_id, retry_at)
+            return
+        # The database had nothing more for us: the rest were taken by others, or are not
+        # due yet by the database clock (then try again shortly, a few times).
+        retry_at = self._clock.now() + _EARLY_RETRY
+        for row_id in due:
+            if self.pool.is_tracking(row_id):
+                continue
+            if self._queue.note_try(row_id) < _EARLY_TRIES:
+                self.enqueue(row_id, retry_at)
+            else:
+                self._queue.forget(row_id)
+
+    # ---------------------------------------------------------------- hand-back
+
+    async def leave_for_others(self, attempt: Attempt, problem: str) -> bool:
+        """Hand ``attempt``'s row back if a live instance runs another version of its job.
+
+        During a rolling deploy a run created by one version may not bind to the other's
+        function: it is left for the instances that run the version it was made for.  With
+        no such instance alive it cannot run anywhere, and the caller fails it.
+        """
+        row = attempt.row
+        store = self._store
+        local = attempt.contract.fingerprint if attempt.contract is not None else None
+        async with store.dialect.reading() as conn:
+            versions = await _instances.live_versions(store, conn, row.job, besides=self._id)
+        if not versions - {local}:
+            return False
+        await store.dialect.retrying(
+            lambda conn: _claim.hand_back(store, conn, row.id, instance_id=self._id, delay=_HAND_BACK_DELAY)
+        )
+        self._avoid[row.id] = time.monotonic() + _AVOID_FOR
+        self._log.warning(
+            "jobsd: run %s left for instances running another version of job %r: %s",
+            row.run_id,
+            row.job,
+            problem,
+            extra={**self._extra, **attempt.log_extra},
+        )
+        return True
+
+    def _forget_avoided(self) -> None:
+        now = time.monotonic()
+        for row_id in [r for r, until in self._avoid.items() if until <= now]:
+            del self._avoid[row_id]

@@ -1,0 +1,96 @@
+"""The heartbeat: keeps this instance alive in the database, and brings it news.
+
+Every ``heartbeat_interval`` it writes ``last_seen_at`` and the counters, makes sure the
+PostgreSQL listener is listening, and stops attempts running here whose chain a
+``cancel_run`` on another instance flagged.  It beats until the instance's very end: while
+a shutdown drains running jobs and writes their completions the instance is alive, and
+its last beat records ``shutdown_at``.  A failed beat is tried again within a fraction of
+the interval, so a peer never takes a live instance for dead over one lost beat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
+
+from ._clock import DbClock
+from ._config import Config
+from ._listener import PgListener
+from ._store import _cancel, _instances
+from ._store._instances import Counters
+from ._store._rows import Store
+from ._supervisor import Loops, ticking
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        clock: DbClock,
+        instance_id: int,
+        counters: Counters,
+        running: Callable[[], list[int]],
+        cancel: Callable[[int], object],
+        listener: PgListener | None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._id = instance_id
+        self._counters = counters
+        self._running = running
+        self._cancel = cancel
+        self._listener = listener
+        self._log = config.logger
+        self._loops = Loops(f"#{instance_id}", log=config.logger, extra={"instance_id": instance_id})
+        self.last_seen_at: datetime | None = None
+
+    async def start(self) -> None:
+        """Listen (on PostgreSQL) and start beating."""
+        if self._listener is not None:
+            await self._listener.ensure()
+        # Retries after a failed beat come well within the interval (three make a death).
+        interval = self._config.heartbeat_interval
+        step = ticking(self._tick, interval, self._loops.stopping)
+        self._loops.spawn("jobsd heartbeat", step, retry_max=interval / 4)
+
+    async def _tick(self) -> None:
+        await self.beat()  # first: nothing else may delay it
+        if self._listener is not None:
+            await self._listener.ensure()
+        await self._check_cancels()
+
+    async def stop(self) -> None:
+        """Stop beating, write the last beat (``shutdown_at``) and stop listening."""
+        await self._loops.stop()
+        try:
+            await self.beat(shutdown=True)
+        except Exception as exc:
+            self._log.error(
+                "jobsd: could not record the shutdown of instance %s: %s",
+                self._id,
+                exc,
+                extra={"instance_id": self._id},
+            )
+        if self._listener is not None:
+            await self._listener.stop()
+
+    async def beat(self, *, shutdown: bool = False) -> None:
+        counters = dataclasses.replace(self._counters)
+        await self._store.dialect.retrying(
+            lambda conn: _instances.beat(self._store, conn, self._id, counters, shutdown=shutdown)
+        )
+        self.last_seen_at = self._clock.now()
+
+    async def _check_cancels(self) -> None:
+        """Stop attempts running here whose chain was cancelled from another instance."""
+        running = self._running()
+        if not running:
+            return
+        async with self._store.dialect.reading() as conn:
+            flagged = await _cancel.cancel_requested(self._store, conn, running)
+        for row_id in flagged:
+            self._cancel(row_id)

@@ -1,0 +1,317 @@
+"""The worker pool: the attempts running on this instance, bounded by ``workers`` slots.
+
+- **Slots** are an ``asyncio.Semaphore(workers)``.  The dispatcher takes permits before it
+  claims (never more rows than free slots); each started attempt holds one until its task
+  has ended and, for a sync job, until its thread has returned, so ``workers`` bounds what
+  really runs even when a job ignores its cancellation.
+- **Attempts** run as tasks the pool owns (a task group whose members never cancel each
+  other): an attempt catches whatever its job raises, ``BaseException`` included, and
+  always ends in a recorded completion.
+- **Stopping** an attempt — its timeout, a ``cancel_run``, a kill at shutdown — goes
+  through one path, :meth:`WorkerPool.stop`: record the ending, set ``RunInfo.cancel``,
+  cancel the task after ``cancel_grace``.
+- **Drain** at shutdown: wait up to ``shutdown_timeout``, kill what is left, and abandon
+  (with an error log) a task that will not end even then; its run is handed over all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ._attempt import Attempt, Ending
+from ._chain import Outcome, describe
+from ._completer import Completer
+from ._config import MAX_DURATION, Config
+from ._jobs import Job, encode_result
+from ._store._complete import Completed
+from ._store._instances import Counters
+from ._store._rows import RunRow
+from ._text import MAX_ERROR_LENGTH, MAX_RESULT_LENGTH, storable
+
+_ABANDON_AFTER = 1.0  # seconds after its task cancel that a killed attempt is abandoned at shutdown
+
+LeaveForOthers = Callable[[Attempt, str], Awaitable[bool]]
+"""Asked when a claimed row cannot run here; True if it was handed back for other instances."""
+
+
+class Slots:
+    """The ``workers`` permits, as an ``asyncio.Semaphore``; taken without ever waiting."""
+
+    def __init__(self, workers: int, on_release: Callable[[], None]) -> None:
+        self.total = workers
+        self._semaphore = asyncio.Semaphore(workers)
+        self._on_release = on_release
+
+    async def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` free permits; returns how many were taken (maybe 0)."""
+        taken = 0
+        while taken < wanted and not self._semaphore.locked():
+            await self._semaphore.acquire()  # returns at once: the semaphore is not locked
+            taken += 1
+        return taken
+
+    def give(self, count: int = 1) -> None:
+        """Give back ``count`` permits."""
+        for _ in range(count):
+            self._semaphore.release()
+        if count:
+            self._on_release()
+
+
+class WorkerPool:
+    """Runs claimed rows as attempts; owns their tasks, threads, timeouts and slots."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        jobs: Mapping[str, Job[Any]],
+        completer: Completer,
+        counters: Counters,
+        instance_id: int,
+        on_slot_free: Callable[[], None],
+        leave_for_others: LeaveForOthers,
+    ) -> None:
+        self._config = config
+        self._jobs = jobs
+        self._completer = completer
+        self._counters = counters
+        self._id = instance_id
+        self._log = config.logger
+        self._extra = {"instance_id": instance_id}
+        self._leave_for_others = leave_for_others
+        self.slots = Slots(config.workers, on_slot_free)
+        self._attempts: dict[int, Attempt] = {}  # by row id, until its completion is written
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, config.workers), thread_name_prefix=f"jobsd-{instance_id}"
+        )
+
+    # ---------------------------------------------------------------- what runs here
+
+    def is_tracking(self, row_id: int) -> bool:
+        """Whether ``row_id`` is an attempt of this pool whose completion is not yet written."""
+        return row_id in self._attempts
+
+    def running(self) -> list[int]:
+        """Row ids of the attempts that have not ended yet."""
+        return [row_id for row_id, a in self._attempts.items() if a.ending is None]
+
+    # ---------------------------------------------------------------- starting
+
+    def start(self, row: RunRow) -> None:
+        """Run ``row``, claimed by this instance, in a permit the caller took from ``slots``."""
+        job = self._jobs.get(row.job)
+        attempt = Attempt(row, job.contract if job is not None else None)
+        self._attempts[row.id] = attempt
+        attempt.holders = 1
+        task = asyncio.create_task(self._run(attempt), name=f"jobsd run {row.id}")
+        attempt.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._let_go(attempt))
+
+    def _let_go(self, attempt: Attempt) -> None:
+        """One holder of the attempt's slot is done (its task, or its job's thread)."""
+        attempt.holders -= 1
+        if attempt.holders == 0:
+            self.slots.give()
+
+    async def _run_sync(self, attempt: Attempt, call: Callable[[], Any]) -> Any:
+        """Run a sync job's ``call`` on the pool's threads; the thread holds the slot too."""
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(call)
+        attempt.holders += 1
+
+        def thread_done(_: concurrent.futures.Future[Any]) -> None:
+            # (A closed loop: nobody is left to run anything.)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._let_go, attempt)
+
+        future.add_done_callback(thread_done)
+        return await asyncio.wrap_future(future)
+
+    # ---------------------------------------------------------------- running
+
+    async def _run(self, attempt: Attempt) -> None:
+        row = attempt.row
+        timer = None
+        if row.run_timeout_at is not None and row.run_timeout is not None and row.run_timeout > 0:
+            # Counted from now, just after the claim its deadline is based on: never early.
+            delay = min(row.run_timeout, MAX_DURATION)
+            timer = asyncio.get_running_loop().call_later(delay, self.stop, row.id, Outcome.TIMED_OUT)
+        try:
+            ending = await self._execute(attempt)
+        except asyncio.CancelledError:
+            # Cancelled from outside the pool (the event loop is closing): hand the run over.
+            self._end(attempt, Ending.of(Outcome.KILLED))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if ending is not None:
+            self._end(attempt, ending)
+
+    async def _execute(self, attempt: Attempt) -> Ending | None:
+        """Run the attempt's job; its ending, or None if it was stopped or handed back."""
+        row = attempt.row
+        contract = attempt.contract
+        if contract is None:
+            problem = f"job {row.job!r} is not registered on instance {self._id}"
+            return await self._cannot_run(attempt, problem, "LookupError")
+        try:
+            attempt.decode()
+        except Exception as exc:  # written by something other than jobsd_async
+            return self._rejected(attempt, f"stored arguments cannot be decoded: {describe(exc)}")
+        try:
+            contract.check_args(row.job, attempt.args, attempt.kwargs)
+        except Exception as exc:
+            return await self._cannot_run(attempt, describe(exc), None)
+        self._log.debug("jobsd: run %s started", row.run_id, extra={**self._extra, **attempt.log_extra})
+        info = attempt.info if contract.takes_run_info else None
+        try:
+            value = await contract.call(
+                info, attempt.args, attempt.kwargs, lambda call: self._run_sync(attempt, call)
+            )
+        except asyncio.CancelledError:
+            if attempt.ending is not None:
+                return None  # we cancelled it after its timeout, cancel or kill
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return self._failed(attempt, asyncio.CancelledError("job raised CancelledError"))
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a job never ends the host
+            return self._failed(attempt, exc)
+        return Ending(Outcome.SUCCEEDED, result=self._result_text(attempt, value))
+
+    async def _cannot_run(self, attempt: Attempt, problem: str, kind: str | None) -> Ending | None:
+        """A claimed row this instance cannot run: left to other instances, else rejected."""
+        if await self._leave_for_others(attempt, problem):
+            self._attempts.pop(attempt.row.id, None)
+            return None
+        return self._rejected(attempt, f"{kind}: {problem}" if kind else problem)
+
+    def _rejected(self, attempt: Attempt, text: str) -> Ending:
+        self._log.error(
+            "jobsd: run %s cannot run and ends: %s",
+            attempt.row.run_id,
+            text,
+            extra={**self._extra, **attempt.log_extra},
+        )
+        return Ending(Outcome.REJECTED, storable(text, MAX_ERROR_LENGTH))
+
+    def _failed(self, attempt: Attempt, exc: BaseException) -> Ending:
+        self._log.error(
+            "jobsd: run %s failed (attempt %d)",
+            attempt.row.run_id,
+            attempt.row.run_total_count,
+            exc_info=exc,
+            extra={**self._extra, **attempt.log_extra},
+        )
+        return Ending(Outcome.FAILED, Outcome.FAILED.error_text(exc))
+
+    def _result_text(self, attempt: Attempt, value: object) -> str | None:
+        try:
+            text = encode_result(value)
+        except Exception as exc:  # not JSON, or nested too deep to encode
+            problem = describe(exc)
+        else:
+            if text is None or len(text) <= MAX_RESULT_LENGTH:
+                return text
+            problem = f"{len(text)} characters of JSON, more than the {MAX_RESULT_LENGTH} stored"
+        self._log.warning(
+            "jobsd: result of run %s is not JSON-serializable or too large to store; stored as None: %s",
+            attempt.row.run_id,
+            problem,
+            extra={**self._extra, **attempt.log_extra},
+        )
+        return None
+
+    # ---------------------------------------------------------------- stopping
+
+    def stop(self, row_id: int, outcome: Outcome) -> bool:
+        """End the attempt on ``row_id`` now (timeout, cancel or kill) and tell its job to stop.
+
+        Its ``RunInfo.cancel`` is set at once and its task cancelled ``cancel_grace`` later;
+        the slot stays taken until the job has really ended.  False if it had already ended.
+        """
+        attempt = self._attempts.get(row_id)
+        if attempt is None or not self._end(attempt, Ending.of(outcome)):
+            return False
+        level = logging.INFO if outcome is Outcome.CANCELLED else logging.WARNING
+        self._log.log(
+            level,
+            "jobsd: run %s %s",
+            attempt.row.run_id,
+            outcome.value,
+            extra={**self._extra, **attempt.log_extra},
+        )
+        task = attempt.task
+        if task is not None and not task.done():
+            asyncio.get_running_loop().call_later(self._config.cancel_grace, task.cancel)
+        return True
+
+    def _end(self, attempt: Attempt, ending: Ending) -> bool:
+        if not attempt.end(ending):
+            return False
+        future = self._completer.submit(attempt.row, ending, owner_id=self._id)
+        future.add_done_callback(lambda f: self._recorded(attempt, ending, f))
+        return True
+
+    def _recorded(self, attempt: Attempt, ending: Ending, future: asyncio.Future[Completed | None]) -> None:
+        self._attempts.pop(attempt.row.id, None)
+        if future.cancelled():
+            return  # abandoned at shutdown: another instance's timeout check recovers the row
+        done = future.result()
+        if done is None:
+            self._log.warning(
+                "jobsd: run %s was already completed elsewhere; discarding its %s ending",
+                attempt.row.run_id,
+                ending.outcome.value,
+                extra={**self._extra, **attempt.log_extra},
+            )
+        elif not done.cancelled:
+            # Counted only with the completion that landed: a row closed elsewhere first
+            # (resurrected, cancelled) is counted by whoever closed it.
+            if ending.outcome in (Outcome.FAILED, Outcome.REJECTED):
+                self._counters.runs_errors += 1
+            elif ending.outcome is Outcome.TIMED_OUT:
+                self._counters.runs_timed_out += 1
+
+    # ---------------------------------------------------------------- shutdown
+
+    async def drain(self) -> None:
+        """Let running jobs finish for ``shutdown_timeout``, then kill and hand over the rest."""
+        running = {t for t in self._tasks if not t.done()}
+        if not running:
+            return
+        config = self._config
+        self._log.info(
+            "jobsd: waiting %s for %d running jobs",
+            "without limit" if config.shutdown_timeout is None else f"up to {config.shutdown_timeout}s",
+            len(running),
+            extra=self._extra,
+        )
+        _, still = await asyncio.wait(running, timeout=config.shutdown_timeout)
+        if not still:
+            return
+        for row_id in self.running():
+            self.stop(row_id, Outcome.KILLED)
+        _, still = await asyncio.wait(still, timeout=config.cancel_grace + _ABANDON_AFTER)
+        if still:
+            self._log.error(
+                "jobsd: abandoning %d job tasks that did not end when cancelled (they swallow "
+                "CancelledError); their runs were recorded as killed and are handed over",
+                len(still),
+                extra=self._extra,
+            )
+
+    def close(self) -> None:
+        """Release the threads (a sync job still running keeps its thread until it returns)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
