@@ -8,8 +8,11 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ._text import is_storable
 
@@ -130,6 +133,32 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def check_listen(listen: object) -> bool | str:
+    """``listen``: True, False, or the URL of a PostgreSQL server to LISTEN on directly."""
+    if isinstance(listen, bool):
+        return listen
+    if not isinstance(listen, str):
+        raise TypeError(f"listen must be a bool or a database URL, got {listen!r} ({type(listen).__name__})")
+    try:
+        url = make_url(listen)
+    except ArgumentError as exc:
+        raise ValueError(f"listen must be a bool or a database URL, got {listen!r}") from exc
+    if not url.drivername.startswith("postgresql+asyncpg"):
+        raise ValueError(f"listen must be a postgresql+asyncpg:// URL, got {url.drivername!r}")
+    return listen
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def check_due_time(name: str, when: datetime) -> datetime:
+    """A due time every database stores and computes with: from 1970 to 100 years from now."""
+    latest = datetime.now(UTC) + timedelta(seconds=MAX_DURATION)
+    if not _EARLIEST <= when <= latest:
+        raise ValueError(f"{name} must be between 1970-01-01 and 100 years from now, got {when!r}")
+    return when
+
+
 def check_table_prefix(prefix: object) -> str:
     if not isinstance(prefix, str):
         raise TypeError(f"table_prefix must be a str, got {prefix!r} ({type(prefix).__name__})")
@@ -241,6 +270,7 @@ class Config:
     heartbeat_interval: float
     shutdown_timeout: float | None
     cancel_grace: float
+    listen: bool | str
     logger: logging.Logger
 
     @property
@@ -266,6 +296,7 @@ def build_config(
     heartbeat_interval: object,
     shutdown_timeout: object,
     cancel_grace: object,
+    listen: object,
     logger: object,
 ) -> Config:
     if not isinstance(auto_migrate, bool):
@@ -296,5 +327,6 @@ def build_config(
         heartbeat_interval=beat,
         shutdown_timeout=to_seconds("shutdown_timeout", shutdown_timeout, allow_none=True),
         cancel_grace=grace,
+        listen=check_listen(listen),
         logger=logger if logger is not None else logging.getLogger("jobsd_async"),
     )

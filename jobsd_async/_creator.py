@@ -12,6 +12,7 @@ from ._config import (
     Backoff,
     Duration,
     RunOptions,
+    check_due_time,
     check_name,
     to_count,
     to_seconds,
@@ -126,6 +127,7 @@ class RunCreator:
             raise TypeError(f"when must be a datetime, got {when!r}")
         if when.tzinfo is None or when.utcoffset() is None:
             raise ValueError(f"when must be timezone-aware, got naive {when!r}")
+        check_due_time("when", when)
         return await self._once(replace(self._request, at=when), conn)
 
     async def _once(self, request: RunRequest, conn: Conn | None) -> int:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._config import Duration, to_seconds
+from ._config import Duration, check_due_time, to_seconds
 from ._errors import ScheduleError
 
 __all__ = ("BuiltinSchedule", "ScheduleFunc", "cron", "every")
@@ -165,4 +165,8 @@ def next_tick(name: str, func: ScheduleFunc, now: datetime) -> datetime:
         raise ScheduleError(f"schedule {name!r} must return a datetime, got {due!r}")
     if due.tzinfo is None or due.utcoffset() is None:
         raise ScheduleError(f"schedule {name!r} returned a naive datetime {due!r}; return an aware one")
+    try:
+        check_due_time(f"the time schedule {name!r} returned", due)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
     return due.astimezone(UTC)

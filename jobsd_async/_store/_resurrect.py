@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .._config import MAX_DURATION
 from ._rows import RunRow, Store, schedule_computable
 
 # An owner not seen for this many of its own heartbeat intervals is taken for dead.
@@ -17,7 +18,8 @@ MISSED_BEATS = 3
 def instance_gone(store: Store) -> ColumnElement[bool]:
     """Instances that shut down, or have not beaten for MISSED_BEATS of their own intervals."""
     instances, dialect = store.instances, store.dialect
-    missed = instances.c.heartbeat_interval * literal(MISSED_BEATS)
+    # Clamped: an absurd interval in a row written by hand must not make the scan fail.
+    missed = dialect.least(instances.c.heartbeat_interval * literal(MISSED_BEATS), literal(MAX_DURATION))
     return or_(
         instances.c.shutdown_at.is_not(None),
         dialect.add_seconds(instances.c.last_seen_at, missed) < dialect.now(),
