@@ -87,6 +87,7 @@ class JobsD(Registrations):
         heartbeat_interval: Duration = DEFAULT_HEARTBEAT_INTERVAL,
         shutdown_timeout: Duration | None = DEFAULT_SHUTDOWN_TIMEOUT,
         cancel_grace: Duration = DEFAULT_CANCEL_GRACE,
+        listen: bool | str = True,
         logger: logging.Logger | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -107,6 +108,7 @@ class JobsD(Registrations):
             heartbeat_interval=heartbeat_interval,
             shutdown_timeout=shutdown_timeout,
             cancel_grace=cancel_grace,
+            listen=listen,
             logger=logger,
         )
         self._engine = engine

@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
 from ._chain import Outcome
 from ._clock import DbClock
 from ._completer import Completer
@@ -86,18 +89,20 @@ class Runner:
             leave_for_others=self.dispatcher.leave_for_others,
         )
         self.dispatcher.pool = self.pool
-        listener = (
-            PgListener(
-                store.dialect.engine,
+        listener = None
+        self._listen_engine: AsyncEngine | None = None  # ours, for ``listen=URL``
+        if store.dialect.is_postgresql and config.workers > 0 and config.listen is not False:
+            engine = store.dialect.engine
+            if isinstance(config.listen, str):  # e.g. the server itself, behind a PgBouncer
+                engine = self._listen_engine = create_async_engine(config.listen, poolclass=NullPool)
+            listener = PgListener(
+                engine,
                 (store.new_channel, store.cancel_channel),
                 instance_id,
                 on_new=self.dispatcher.wake,
                 on_cancel=self.cancel_local,
                 logger=config.logger,
             )
-            if store.dialect.is_postgresql and config.workers > 0
-            else None
-        )
         self.heartbeat = Heartbeat(
             config=config,
             store=store,
@@ -158,6 +163,8 @@ class Runner:
             )
         await self.heartbeat.stop()
         self.pool.close()
+        if self._listen_engine is not None:
+            await self._listen_engine.dispose()
 
     def cancel_local(self, row_id: int) -> None:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""
