@@ -40,6 +40,27 @@ LeaveForOthers = Callable[[Attempt, str], Awaitable[bool]]
 """Asked when a claimed row cannot run here; True if it was handed back for other instances."""
 
 
+class _RaisedInThread(Exception):
+    """Carries a ``BaseException`` that is not an ``Exception`` out of a sync job's thread.
+
+    (Raised bare through the future that awaits the thread, a ``GeneratorExit`` escapes the
+    handler meant to catch it.)
+    """
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(repr(raised))
+        self.raised = raised
+
+
+def _guarded(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise _RaisedInThread(exc) from None
+
+
 class Slots:
     """The ``workers`` permits, as an ``asyncio.Semaphore``; taken without ever waiting."""
 
@@ -126,7 +147,7 @@ class WorkerPool:
     async def _run_sync(self, attempt: Attempt, call: Callable[[], Any]) -> Any:
         """Run a sync job's ``call`` on the pool's threads; the thread holds the slot too."""
         loop = asyncio.get_running_loop()
-        future = self._executor.submit(call)
+        future = self._executor.submit(_guarded, call)
         attempt.holders += 1
 
         def thread_done(_: concurrent.futures.Future[Any]) -> None:
@@ -187,7 +208,7 @@ class WorkerPool:
                 raise
             return self._failed(attempt, asyncio.CancelledError("job raised CancelledError"))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a job never ends the host
-            return self._failed(attempt, exc)
+            return self._failed(attempt, exc.raised if isinstance(exc, _RaisedInThread) else exc)
         return Ending(Outcome.SUCCEEDED, result=self._result_text(attempt, value))
 
     async def _cannot_run(self, attempt: Attempt, problem: str, kind: str | None) -> Ending | None:

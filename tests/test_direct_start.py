@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import MakeJobsD, eventually, fetch_runs
+from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -112,11 +112,11 @@ async def test_taken_unique_name_gives_its_slot_back(make_jobsd: MakeJobsD) -> N
     assert ran == ["first", "other"]
 
 
-async def test_direct_start_whose_caller_gives_up_still_runs(make_jobsd: MakeJobsD, backend: str) -> None:
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_direct_start_whose_caller_gives_up_still_runs(make_jobsd: MakeJobsD) -> None:
     # Elsewhere a cancelled creation rolls back, or commits and runs like any pending run;
-    # a direct start must not strand a row it inserted claimed, so it shields the insert.
-    if backend != "postgresql":
-        pytest.skip("direct start is used on PostgreSQL only")
+    # a direct start (PostgreSQL only) must not strand a row it inserted claimed, so it
+    # shields the insert.
     jd = make_jobsd(workers=1)
     done = asyncio.Event()
 

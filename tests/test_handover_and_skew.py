@@ -104,3 +104,23 @@ async def test_skewed_instance_times_out_on_time_not_early(make_jobsd: MakeJobsD
     assert timedelta(seconds=0.55) <= state.run_completed_at - state.run_started_at < timedelta(seconds=3)
     # Whoever records it (the owner's timer or the watcher's scan at the deadline), once.
     assert skewed.instance.runs_timed_out + watcher.instance.runs_timed_out_res == 1
+
+
+async def test_a_backward_step_of_the_wall_clock_does_not_delay_queued_runs(make_jobsd: MakeJobsD) -> None:
+    # The wall clock jumps an hour back (NTP, a resumed VM) after the instance started:
+    # local waits count on the monotonic clock, so a run due in 0.3 s still runs then.
+    stepped = False
+
+    def clock() -> datetime:
+        return datetime.now(UTC) - (timedelta(hours=1) if stepped else timedelta(0))
+
+    jd = make_jobsd(clock=clock, poll_interval=3600)
+    ran = asyncio.Event()
+    jd.register_job("soon", ran.set)
+    async with jd:
+        stepped = True
+        run_id = await jd.create_run("soon").run_after(0.3)
+        async with asyncio.timeout(10):
+            await ran.wait()
+        state = await jd.wait_for_run(run_id, timeout=10)
+    assert state.status is RunStatus.SUCCEEDED

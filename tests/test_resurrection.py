@@ -29,6 +29,7 @@ async def insert_running_row(
     schedule: str | None = None,
     timeout_at: datetime | None = None,
     limit: int | None = 1,
+    retries_timeout_limit: int = 3,
 ) -> int:
     """A row that looks claimed by ``owner``, as a crashed instance leaves it."""
     runs = jd.metadata.tables[f"{jd_prefix(jd)}runs"]
@@ -51,7 +52,7 @@ async def insert_running_row(
                 run_timeout=1800.0,
                 run_timeout_at=timeout_at or now + timedelta(minutes=30),
                 retries_on_error_limit=3,
-                retries_on_timeout_limit=3,
+                retries_on_timeout_limit=retries_timeout_limit,
                 schedule=schedule,
                 created_at=now - timedelta(seconds=5),
                 created_by=owner,
@@ -134,9 +135,11 @@ async def test_rows_with_an_unknown_schedule_are_left_to_others(make_jobsd: Make
     jd.register_job("tick", lambda: None)
     await jd.up()
     row_id = await insert_running_row(jd, job="tick", schedule="known-elsewhere", limit=None)
-    await asyncio.sleep(0.6)
+    # An orphan the instance can take: once it is taken, a timeout check has seen both.
+    witness = await insert_running_row(jd, job="tick")
+    await jd.wait_for_run(witness, timeout=10)
     assert (await jd.get_run_state(row_id)).status is RunStatus.RUNNING
-    assert jd.instance.runs_timed_out_res == 0
+    assert jd.instance.runs_timed_out_res == 1
 
 
 @pytest.mark.cluster
@@ -200,3 +203,23 @@ async def test_late_completion_after_resurrection_is_discarded(
     assert len(rows) == 1
     assert rows[0]["run_result"] is None
     assert rows[0]["run_success_count"] == 0
+
+
+async def test_a_claim_whose_answer_was_lost_is_handed_over_without_using_a_retry(
+    make_jobsd: MakeJobsD,
+) -> None:
+    # A row this instance claimed but never started (the claim committed, its answer was
+    # lost in a fault): it must run, even with no timeout retries left.
+    jd = resurrecting(make_jobsd, heartbeat_interval=0.2, retries_timeout_limit=0)
+    ran = asyncio.Event()
+    jd.register_job("work", ran.set)
+    await jd.up()
+    row_id = await insert_running_row(jd, job="work", owner=jd.instance_id, retries_timeout_limit=0)
+    async with asyncio.timeout(10):
+        await ran.wait()
+    state = await jd.wait_for_run(row_id, timeout=10)
+    rows = await fetch_runs(jd)
+    assert rows[0]["run_completed_error"] == "job run killed"
+    assert rows[1]["retries_on_timeout_count"] == 0
+    assert state.status is RunStatus.SUCCEEDED
+    assert jd.instance.runs_timed_out_res == 0

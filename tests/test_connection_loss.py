@@ -1,0 +1,408 @@
+"""Connection loss anywhere (pooled or LISTEN) is survived without ``pool_pre_ping``.
+
+Unlike ``test_db_faults.py``, which cuts the network in front of the server, these tests
+let the server itself end the connections: every connection a test's engine opens is
+recorded by its server id in a pool ``connect`` event, and a separate engine terminates
+them (``pg_terminate_backend`` on PostgreSQL, ``KILL CONNECTION`` on MariaDB) while jobsd
+works on them.  Only connections recorded here are ever killed: other test suites may be
+using the same servers.  SQLite has no server connections to kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import warnings
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from conftest import BACKENDS, drop_tables, eventually
+from sqlalchemy import bindparam, event, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from jobsd_async import JobsD, RunInfo, RunState, RunStatus, StoreError
+
+SERVERS = [b for b in BACKENDS if b != "sqlite"]
+POSTGRES = [b for b in BACKENDS if b == "postgresql"]
+
+KILL_FOR = 3.0  # seconds the killer runs
+KILL_EVERY = 0.3  # seconds between two waves of kills
+RUNS = 150
+HEARTBEAT = 0.5
+FAST: dict[str, Any] = {"heartbeat_interval": HEARTBEAT, "timeout_check": 0.5, "run_timeout": 30}
+SLOW_POLL = 30.0  # a run that starts well before this was started by a NOTIFY
+
+
+@dataclass
+class ServerConnections:
+    """The server-side connections one engine opened, recorded as it opens them.
+
+    PostgreSQL connections are known by ``(pid, backend_start)``, so a pid the server has
+    since given to someone else's connection is never killed; MariaDB connection ids are
+    not reused.
+    """
+
+    backend: str
+    killer: AsyncEngine  # a separate engine, never instrumented, never killed
+    ids: list[tuple[int, datetime | None]] = field(default_factory=list)
+    killed: int = 0
+
+    def instrument(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        # The async drivers' adapters are sync-wrapped inside pool events.
+        cursor = dbapi_connection.cursor()
+        try:
+            if self.backend == "postgresql":
+                cursor.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+                pid, started = cursor.fetchone()
+                self.ids.append((int(pid), started))
+            else:
+                cursor.execute("SELECT CONNECTION_ID()")
+                self.ids.append((int(cursor.fetchone()[0]), None))
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+
+    async def kill(self, only: set[int] | None = None) -> int:
+        """Terminate the recorded connections still open (those in ``only``); how many."""
+        targets = [(i, s) for i, s in self.ids if only is None or i in only]
+        if not targets:
+            return 0
+        done = 0
+        async with self.killer.connect() as conn:
+            if self.backend == "postgresql":
+                result = await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity AS a"
+                        " JOIN unnest(CAST(:pids AS integer[]), CAST(:starts AS timestamptz[]))"
+                        " AS k(pid, started) ON a.pid = k.pid AND a.backend_start = k.started"
+                    ),
+                    {"pids": [i for i, _ in targets], "starts": [s for _, s in targets]},
+                )
+                done = sum(1 for (ok,) in result if ok)
+            else:
+                wanted = sorted({i for i, _ in targets})
+                result = await conn.execute(
+                    text("SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN :ids").bindparams(
+                        bindparam("ids", expanding=True)
+                    ),
+                    {"ids": wanted},
+                )
+                for (conn_id,) in result.all():
+                    try:
+                        await conn.exec_driver_sql(f"KILL CONNECTION {int(conn_id)}")
+                        done += 1
+                    except DBAPIError as exc:
+                        if not (exc.orig is not None and exc.orig.args and exc.orig.args[0] == 1094):
+                            raise  # 1094: Unknown thread id, it ended meanwhile
+            await conn.rollback()
+        self.killed += done
+        return done
+
+    async def alive(self) -> set[int]:
+        """Ids of the recorded connections the server still has."""
+        async with self.killer.connect() as conn:
+            if self.backend == "postgresql":
+                rows = (await conn.execute(text("SELECT pid, backend_start FROM pg_stat_activity"))).all()
+                mine = set(self.ids)
+                return {int(p) for p, s in rows if (int(p), s) in mine}
+            rows = (await conn.execute(text("SELECT ID FROM information_schema.PROCESSLIST"))).all()
+            return {int(i) for (i,) in rows} & {i for i, _ in self.ids}
+
+    async def listeners(self, prefix: str) -> set[int]:
+        """PostgreSQL: recorded connections idle after LISTENing on ``prefix``'s channels."""
+        async with self.killer.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT pid, backend_start FROM pg_stat_activity"
+                        " WHERE state = 'idle' AND left(query, length(:start)) = :start"
+                    ),
+                    {"start": f'LISTEN "{prefix}'},
+                )
+            ).all()
+        mine = set(self.ids)
+        return {int(p) for p, s in rows if (int(p), s) in mine}
+
+    async def killing(self, duration: float, every: float) -> int:
+        """Kill every recorded connection, again and again, for ``duration`` seconds; waves that killed."""
+        waves = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + duration
+        while loop.time() < end:
+            if await self.kill():
+                waves += 1
+            await asyncio.sleep(every)
+        return waves
+
+
+async def db_now(engine: AsyncEngine, backend: str) -> datetime:
+    """The database clock, as an aware UTC datetime."""
+    query = "SELECT now()" if backend == "postgresql" else "SELECT UTC_TIMESTAMP(6)"
+    async with engine.connect() as conn:
+        value = (await conn.exec_driver_sql(query)).scalar_one()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def last_seen(engine: AsyncEngine, jd: JobsD, prefix: str) -> dict[int, datetime]:
+    """Each instance's ``last_seen_at`` as its row in ``{prefix}instances`` says."""
+    instances = jd.metadata.tables[f"{prefix}instances"]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(instances.c.id, instances.c.last_seen_at))).all()
+    return {int(i): seen for i, seen in rows if seen is not None}
+
+
+async def beating_after(engine: AsyncEngine, jds: list[JobsD], prefix: str, since: datetime) -> None:
+    """Fail unless every instance in ``jds`` writes a heartbeat later than ``since``."""
+    ids = {jd.instance_id for jd in jds}
+
+    async def all_beat() -> bool:
+        seen = await last_seen(engine, jds[0], prefix)
+        return all(seen.get(i, since) > since for i in ids)
+
+    await eventually(
+        all_beat, timeout=6 * HEARTBEAT + 2, what=f"a heartbeat after {since} from each of {ids}"
+    )
+
+
+async def finished(jd: JobsD, run_id: int, timeout: float) -> RunState:
+    """``wait_for_run``, tried again when a read meets a connection the killer closed.
+
+    Without ``pool_pre_ping`` one call per stale pooled connection may fail (documented); the
+    disconnect invalidates the pool, so the next call gets a fresh connection.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        try:
+            return await jd.wait_for_run(run_id, timeout=max(0.01, end - loop.time()))
+        except StoreError:
+            if loop.time() >= end:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def create(job: Any, *args: Any) -> int:
+    """Submit a run, again on ``StoreError`` (the killer may have closed the connection)."""
+    for _ in range(100):
+        try:
+            run_id = await job.create_run(*args).run()
+            assert isinstance(run_id, int)
+            return run_id
+        except StoreError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("a run could not be created in 100 tries")
+
+
+@pytest.fixture
+def killer(backend: str, engine: AsyncEngine) -> ServerConnections:
+    """The recorder/killer; ``engine`` (the fixture's) also checks the server is reachable."""
+    return ServerConnections(backend, engine)
+
+
+@pytest.fixture
+def errors(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="jobsd_async")
+    return caplog
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """jobsd ERROR records: a loop step failing with something that is not a database error."""
+    return [
+        f"{r.name}: {r.getMessage()}\n{r.exc_text or ''}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("jobsd")
+    ]
+
+
+async def dispose(engine: AsyncEngine) -> None:
+    await engine.dispose()
+    with warnings.catch_warnings():
+        # aiomysql leaves the sockets the server closed for the garbage collector.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_connections_killed_under_load(
+    backend: str,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    killer: ServerConnections,
+    errors: pytest.LogCaptureFixture,
+) -> None:
+    own = create_async_engine(database_url, pool_size=20, max_overflow=20)  # no pool_pre_ping
+    killer.instrument(own)
+    pg = backend == "postgresql"
+
+    executed: Counter[int] = Counter()
+
+    async def work(info: RunInfo, n: int) -> int:
+        executed[info.id] += 1
+        await asyncio.sleep(0.02)
+        return n
+
+    remote_ran: list[int] = []
+
+    async def remote(info: RunInfo) -> str:
+        remote_ran.append(info.id)
+        return "woken"
+
+    # Two instances carry the load; on PostgreSQL a third one, which polls only every
+    # 30 s, runs the job "remote" that only a fourth, worker-less instance creates: after
+    # the killing, such a run can only start through the third one's (killed) LISTEN.
+    a = JobsD(own, table_prefix=table_prefix, poll_interval=0.2, **FAST)
+    b = JobsD(own, table_prefix=table_prefix, poll_interval=0.2, **FAST)
+    work_a, work_b = a.register_job("work", work), b.register_job("work", work)
+    instances = [a, b]
+    listening = 2
+    if pg:
+        woken = JobsD(own, table_prefix=table_prefix, poll_interval=SLOW_POLL, **FAST)
+        woken.register_job("remote", remote)
+        producer = JobsD(own, table_prefix=table_prefix, workers=0, poll_interval=SLOW_POLL, **FAST)
+        remote_job = producer.register_job("remote", remote)
+        instances += [woken, producer]
+        listening = 3  # a producer without workers does not listen
+
+    created: list[int] = []
+
+    async def produce() -> None:
+        for n in range(RUNS):
+            created.append(await create(work_a if n % 2 else work_b, n))
+            await asyncio.sleep(0.025)
+
+    try:
+        async with AsyncExitStack() as stack:
+            for jd in instances:
+                await stack.enter_async_context(jd)
+            first_listeners: set[int] = set()
+            if pg:
+
+                async def all_listening() -> bool:
+                    nonlocal first_listeners
+                    first_listeners = await killer.listeners(table_prefix)
+                    return len(first_listeners) == listening
+
+                await eventually(all_listening, timeout=5, what=f"{listening} LISTEN connections")
+
+            loading = asyncio.create_task(produce())
+            try:
+                await asyncio.sleep(0.5)  # load first, then kill while it runs
+                waves = await killer.killing(KILL_FOR, KILL_EVERY)
+                killing_ended = await db_now(engine, backend)
+            finally:
+                await loading
+            for run_id in created:
+                state = await finished(a, run_id, timeout=30)
+                assert state.status is RunStatus.SUCCEEDED, state
+
+            assert waves >= 5, f"only {waves} waves of kills hit a connection ({killer.killed} killed)"
+            assert max(executed.values()) == 1, "a row executed twice"
+            # Every instance still beats after the killing.
+            await beating_after(engine, instances, table_prefix, killing_ended)
+            assert not logged_errors(errors), logged_errors(errors)
+
+            if pg:
+                # The LISTEN connections were killed, and came back as new ones.
+                assert not first_listeners & await killer.alive(), "a LISTEN connection survived"
+
+                async def listening_again() -> bool:
+                    return len(await killer.listeners(table_prefix)) == listening
+
+                await eventually(listening_again, timeout=5, what="LISTEN connections re-established")
+                # Cross-instance wake-ups work again: only the NOTIFY can start this run now.
+                run_id = await create(remote_job)
+                state = await finished(producer, run_id, timeout=10)
+                assert state.result == "woken", state
+                assert remote_ran == [run_id], remote_ran
+
+        # The database's account: every chain ended succeeded.
+        runs = a.metadata.tables[f"{table_prefix}runs"]
+        async with engine.connect() as conn:
+            rows = [dict(m) for m in (await conn.execute(runs.select())).mappings()]
+        assert all(r["run_completed_at"] is not None for r in rows), "a run never finished"
+        chains: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            chains.setdefault(int(r["origin_id"] or r["id"]), []).append(r)
+        for chain in chains.values():
+            assert max(chain, key=lambda r: int(r["id"]))["run_completed_error"] is None, chain
+        assert set(created) <= set(chains)
+    finally:
+        try:
+            await dispose(own)
+        finally:
+            await drop_tables(engine, a)
+
+
+@pytest.mark.parametrize("backend", POSTGRES)
+async def test_listener_killed_comes_back(
+    backend: str,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    killer: ServerConnections,
+    errors: pytest.LogCaptureFixture,
+) -> None:
+    own = create_async_engine(database_url)  # no pool_pre_ping
+    killer.instrument(own)
+    ran: list[int] = []
+
+    async def remote(info: RunInfo) -> int:
+        ran.append(info.id)
+        return info.id
+
+    # The worker polls every 30 s: a run it starts within seconds was announced by NOTIFY.
+    worker = JobsD(own, table_prefix=table_prefix, poll_interval=SLOW_POLL, **FAST)
+    worker.register_job("remote", remote)
+    producer = JobsD(own, table_prefix=table_prefix, workers=0, poll_interval=SLOW_POLL, **FAST)
+    remote_job = producer.register_job("remote", remote)
+
+    async def listener() -> int:
+        found: set[int] = set()
+
+        async def one() -> bool:
+            nonlocal found
+            found = await killer.listeners(table_prefix)
+            return len(found) == 1
+
+        await eventually(one, timeout=4 * HEARTBEAT + 2, what="one LISTEN connection")
+        return found.pop()
+
+    async def woken() -> None:
+        run_id = await create(remote_job)
+        state = await finished(producer, run_id, timeout=10)
+        assert state.result == run_id, state
+
+    try:
+        async with worker, producer:
+            before = await listener()
+            await woken()  # (this one may also have come from the worker's first poll)
+            assert await killer.kill(only={before}) == 1
+            killed_at = await db_now(engine, backend)
+
+            async def gone() -> bool:
+                return before not in await killer.alive()
+
+            await eventually(gone, timeout=5, what=f"backend {before} ending")
+            after = await listener()
+            assert after != before
+            await woken()
+            await woken()
+            assert len(ran) == 3
+            await beating_after(engine, [worker, producer], table_prefix, killed_at)
+            assert not logged_errors(errors), logged_errors(errors)
+    finally:
+        try:
+            await dispose(own)
+        finally:
+            await drop_tables(engine, worker)

@@ -1,0 +1,43 @@
+"""``wait_for_run`` is woken by news of its own chain, not by every completion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+
+import pytest
+from conftest import MakeJobsD
+
+from jobsd_async import RunState
+
+LONGEST_PAUSE = 0.25  # wait_for_run re-checks at 5 ms, doubling up to 250 ms
+
+
+async def test_a_waiter_is_not_woken_by_other_runs_completions(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jd = make_jobsd()
+    jd.register_job("noop", lambda: None)
+    async with jd:
+        far = await jd.create_run("noop").run_after(3600)
+        reads: Counter[int] = Counter()
+        read = jd.get_run_state
+
+        async def counting(run_id: int) -> RunState:
+            reads[run_id] += 1
+            return await read(run_id)
+
+        monkeypatch.setattr(jd, "get_run_state", counting)
+        waiter = asyncio.create_task(jd.wait_for_run(far, timeout=60))
+        started = time.monotonic()
+        for _ in range(100):  # a hundred unrelated completions, one batch each
+            await jd.wait_for_run(await jd.create_run("noop").run(), timeout=10)
+        elapsed = time.monotonic() - started
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+    # Only its own growing re-checks: the doubling pauses, then one every LONGEST_PAUSE.
+    doubling = 7  # 5, 10, 20, 40, 80, 160 ms, then 250 ms
+    assert reads[far] <= 1 + doubling + elapsed / LONGEST_PAUSE + 2, (reads[far], elapsed)
