@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._chain import Outcome
-from ._jobs import JobFunc, decode_args
+from ._codec import decode_args
+from ._jobs import JobFunc
 from ._runs import RunInfo
 from ._store._rows import RunRow
 

@@ -12,13 +12,12 @@ import contextvars
 import functools
 import hashlib
 import inspect
-import json
 import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
 from ._config import Backoff, RunOptions
-from ._errors import InvalidJobFuncError, JobArgsMismatchError, JobArgsSerializationError
+from ._errors import InvalidJobFuncError, JobArgsMismatchError
 from ._runs import RunInfo
 
 if TYPE_CHECKING:
@@ -141,50 +140,6 @@ class JobFunc:
     def fingerprint(self) -> str:
         """A short digest of the signature (without RunInfo), telling versions of a job apart."""
         return hashlib.blake2b(str(self.signature).encode("utf-8", "replace"), digest_size=6).hexdigest()
-
-
-def encode_args(job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
-    """JSON text of the positional and keyword arguments, naming any argument that fails."""
-    try:
-        return _dumps(list(args)), _dumps(kwargs)
-    except (TypeError, ValueError):
-        pass  # find the argument to blame
-    for index, value in enumerate(args):
-        _check_json(job, f"argument {index}", value)
-    for key, value in kwargs.items():
-        _check_json(job, f"keyword argument {key!r}", value)
-    raise AssertionError("unreachable: some argument failed to serialize")
-
-
-def _check_json(job: str, what: str, value: object) -> None:
-    try:
-        _dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise JobArgsSerializationError(
-            f"{what} of job {job!r} is not JSON-serializable: {value!r} ({exc})"
-        ) from exc
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
-
-
-def decode_args(args_json: str | None, kwargs_json: str | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    # Most runs have no arguments of one kind or the other: skip the parser for them.
-    args = json.loads(args_json) if args_json and args_json != "[]" else []
-    kwargs = json.loads(kwargs_json) if kwargs_json and kwargs_json != "{}" else {}
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise ValueError("stored job arguments are not a JSON list and object")
-    return tuple(args), kwargs
-
-
-def encode_result(value: object) -> str | None:
-    """JSON text of a job's return value; raises TypeError/ValueError if it has none."""
-    return None if value is None else _dumps(value)
-
-
-def decode_result(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class Job(Generic[P]):

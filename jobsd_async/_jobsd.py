@@ -15,6 +15,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._clock import Clock, DbClock, system_clock
+from ._codec import decode_result
 from ._config import (
     DEFAULT_CANCEL_GRACE,
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -34,10 +35,10 @@ from ._config import (
 )
 from ._creator import Conn, RunCreator, RunRequest
 from ._errors import JobsDStateError, RunNotFoundError, StoreError, UnknownJobError
-from ._jobs import Args, Job, decode_result
+from ._jobs import Args, Job
 from ._registry import Registrations
 from ._runner import Runner
-from ._runs import InstanceInfo, RunState, RunStatus
+from ._runs import InstanceInfo, RunState
 from ._schedules import ScheduleFunc
 from ._store import _cancel, _instances, _prune, _read
 from ._store._dialect import Dialect, wrap_errors
@@ -394,27 +395,7 @@ class JobsD(Registrations):
             result = decode_result(row.run_result)
         except Exception as exc:  # written by something other than jobsd_async
             raise StoreError(f"the stored result of run {row.run_id} cannot be decoded: {exc!r}") from exc
-        return RunState(
-            run_id=row.run_id,
-            id=row.id,
-            origin_id=row.origin_id,
-            name=row.name,
-            job=row.job,
-            schedule=row.schedule,
-            status=RunStatus.of_row(row.run_started_at, row.run_completed_at, row.run_completed_error),
-            run_total_count=row.run_total_count,
-            run_success_count=row.run_success_count,
-            run_started_at=row.run_started_at,
-            run_started_by=row.run_started_by,
-            run_completed_at=row.run_completed_at,
-            run_completed_error=row.run_completed_error,
-            retries_on_error_count=row.retries_on_error_count,
-            retries_on_timeout_count=row.retries_on_timeout_count,
-            result=result,
-            created_at=row.created_at,
-            created_by=row.created_by,
-            _loader=self.get_run_state,
-        )
+        return RunState.of_row(row, result, loader=self.get_run_state)
 
     async def cancel_run(self, run_id: int) -> bool:
         """Cancel the run's chain, wherever it is; False if the chain had already finished.

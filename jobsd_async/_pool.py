@@ -26,9 +26,10 @@ from typing import Any
 
 from ._attempt import Attempt, Ending
 from ._chain import Outcome, describe
+from ._codec import encode_result
 from ._completer import Completer
 from ._config import MAX_DURATION, Config
-from ._jobs import Job, encode_result
+from ._jobs import Job
 from ._store._complete import Completed
 from ._store._instances import Counters
 from ._store._rows import RunRow

@@ -7,7 +7,10 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._store._rows import RunRow
 
 __all__ = ("InstanceInfo", "RunInfo", "RunState", "RunStatus")
 
@@ -117,6 +120,31 @@ class RunState:
     created_at: datetime
     created_by: int
     _loader: Callable[[int], Awaitable[RunState]] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of_row(cls, row: RunRow, result: Any, *, loader: Callable[[int], Awaitable[RunState]]) -> RunState:
+        """The state shown for ``row``, the latest of its chain, with its decoded ``result``."""
+        return cls(
+            run_id=row.run_id,
+            id=row.id,
+            origin_id=row.origin_id,
+            name=row.name,
+            job=row.job,
+            schedule=row.schedule,
+            status=RunStatus.of_row(row.run_started_at, row.run_completed_at, row.run_completed_error),
+            run_total_count=row.run_total_count,
+            run_success_count=row.run_success_count,
+            run_started_at=row.run_started_at,
+            run_started_by=row.run_started_by,
+            run_completed_at=row.run_completed_at,
+            run_completed_error=row.run_completed_error,
+            retries_on_error_count=row.retries_on_error_count,
+            retries_on_timeout_count=row.retries_on_timeout_count,
+            result=result,
+            created_at=row.created_at,
+            created_by=row.created_by,
+            _loader=loader,
+        )
 
     async def refresh(self) -> RunState:
         """Reload the latest row of the chain into this object and return it."""

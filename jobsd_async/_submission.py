@@ -18,10 +18,11 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._clock import DbClock
+from ._codec import encode_args
 from ._creator import Conn, RunRequest
 from ._dispatcher import Dispatcher
 from ._errors import UnknownScheduleError
-from ._jobs import Job, encode_args
+from ._jobs import Job
 from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _create
 from ._store._dialect import wrap_errors
