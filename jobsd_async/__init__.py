@@ -16,6 +16,7 @@ from ._errors import (
     RunNotFoundError,
     RunTimeoutError,
     ScheduleError,
+    SchemaError,
     StoreError,
     UnknownJobError,
     UnknownScheduleError,
@@ -25,7 +26,7 @@ from ._jobsd import JobsD
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = (
     "Args",
@@ -49,6 +50,7 @@ __all__ = (
     "RunTimeoutError",
     "ScheduleError",
     "ScheduleFunc",
+    "SchemaError",
     "StoreError",
     "UnknownJobError",
     "UnknownScheduleError",

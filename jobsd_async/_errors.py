@@ -13,7 +13,8 @@
     ├── RunNotFoundError            no run with that id (also a LookupError)
     ├── RunTimeoutError             recorded as "job run timed out"
     ├── RunKilledError              recorded as "job run killed"
-    └── StoreError                  a database operation failed; wraps the driver error
+    ├── StoreError                  a database operation failed; wraps the driver error
+    └── SchemaError                 tables missing or at another schema version
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = (
     "RunNotFoundError",
     "RunTimeoutError",
     "ScheduleError",
+    "SchemaError",
     "StoreError",
     "UnknownJobError",
     "UnknownScheduleError",
@@ -86,3 +88,10 @@ class RunKilledError(JobsDError):
 
 class StoreError(JobsDError):
     """Raised when a database operation fails; ``__cause__`` is the driver's error."""
+
+
+class SchemaError(JobsDError):
+    """Raised when the tables are missing, at another schema version, or not as jobsd needs them.
+
+    The message names the versions found and wanted, and the command that fixes it.
+    """

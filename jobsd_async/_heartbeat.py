@@ -1,11 +1,12 @@
 """The heartbeat: keeps this instance alive in the database, and brings it news.
 
 Every ``heartbeat_interval`` it writes ``last_seen_at`` and the counters, makes sure the
-PostgreSQL listener is listening, and stops attempts running here whose chain a
-``cancel_run`` on another instance flagged.  It beats until the instance's very end: while
-a shutdown drains running jobs and writes their completions the instance is alive, and
-its last beat records ``shutdown_at``.  A failed beat is tried again within a fraction of
-the interval, so a peer never takes a live instance for dead over one lost beat.
+PostgreSQL listener is listening, stops attempts running here whose chain a ``cancel_run``
+on another instance flagged, and notices tables upgraded past its release.  It beats until
+the instance's very end: while a shutdown drains running jobs and writes their completions
+the instance is alive, and its last beat records ``shutdown_at``.  A failed beat is tried
+again within a fraction of the interval, so a peer never takes a live instance for dead
+over one lost beat.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime
 from ._clock import DbClock
 from ._config import Config
 from ._listener import PgListener
-from ._store import _cancel, _instances
+from ._store import _cancel, _instances, _migrations
 from ._store._instances import Counters
 from ._store._rows import Store
 from ._supervisor import Loops, ticking
@@ -35,6 +36,7 @@ class Heartbeat:
         running: Callable[[], list[int]],
         cancel: Callable[[int], object],
         listener: PgListener | None,
+        on_newer_schema: Callable[[int], None],
     ) -> None:
         self._config = config
         self._store = store
@@ -44,6 +46,7 @@ class Heartbeat:
         self._running = running
         self._cancel = cancel
         self._listener = listener
+        self._on_newer_schema = on_newer_schema
         self._log = config.logger
         self._loops = Loops(f"#{instance_id}", log=config.logger, extra={"instance_id": instance_id})
         self.last_seen_at: datetime | None = None
@@ -62,6 +65,14 @@ class Heartbeat:
         if self._listener is not None:
             await self._listener.ensure()
         await self._check_cancels()
+        await self._check_schema()
+
+    async def _check_schema(self) -> None:
+        """Notice tables upgraded past what this instance knows (a newer release deployed)."""
+        async with self._store.dialect.reading() as conn:
+            version = await _migrations.latest_version(conn, self._store.tables)
+        if version > _migrations.SCHEMA_VERSION:
+            self._on_newer_schema(version)
 
     async def stop(self) -> None:
         """Stop beating, write the last beat (``shutdown_at``) and stop listening."""

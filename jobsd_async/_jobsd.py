@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, overload
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from . import schema
 from ._clock import Clock, DbClock, system_clock
 from ._codec import decode_result
 from ._config import (
@@ -34,7 +35,7 @@ from ._config import (
     to_seconds,
 )
 from ._creator import Conn, RunCreator, RunRequest
-from ._errors import JobsDStateError, RunNotFoundError, StoreError, UnknownJobError
+from ._errors import JobsDStateError, RunNotFoundError, SchemaError, StoreError, UnknownJobError
 from ._jobs import Args, Job
 from ._registry import Registrations
 from ._runner import Runner
@@ -221,8 +222,7 @@ class JobsD(Registrations):
     async def _start(self) -> None:
         async with AsyncExitStack() as stack:
             store = Store(await wrap_errors(Dialect.detect(self._engine), "connecting"), self._tables)
-            if self._config.auto_migrate:
-                await wrap_errors(self._migrate(store), "creating tables")
+            await wrap_errors(self._prepare_schema(store), "preparing the tables")
             await wrap_errors(self._sample_clock(store), "reading the database clock")
             fingerprints = {name: job.contract.fingerprint for name, job in self._jobs.items()}
             self._instance_id = await wrap_errors(
@@ -294,14 +294,15 @@ class JobsD(Registrations):
     ) -> None:
         await self.down()
 
-    async def _migrate(self, store: Store) -> None:
-        try:
+    async def _prepare_schema(self, store: Store) -> None:
+        """Upgrade the tables (``auto_migrate``) or insist they are current; check the rest."""
+        prefix = self._config.table_prefix
+        if self._config.auto_migrate:
             async with store.dialect.transaction() as conn:
-                await conn.run_sync(self._tables.metadata.create_all, checkfirst=True)
-        except Exception:
-            # Another instance may have created the tables between our check and our CREATE.
-            async with store.dialect.transaction() as conn:
-                await conn.run_sync(self._tables.metadata.create_all, checkfirst=True)
+                await conn.run_sync(schema._upgrade_locked, prefix, schema.CURRENT_VERSION)
+        else:
+            async with store.dialect.reading() as conn:
+                await conn.run_sync(schema._check, self._tables)
 
     async def _sample_clock(self, store: Store) -> None:
         async with store.dialect.reading() as conn:
@@ -313,6 +314,11 @@ class JobsD(Registrations):
                 raise JobsDStateError("JobsD is down; create and start a new JobsD to submit runs")
             raise JobsDStateError(
                 "JobsD is not running; use `async with JobsD(engine) as jd:` or `await jd.up()` first"
+            )
+        if self._runner is not None and self._runner.newer_schema is not None:
+            raise SchemaError(
+                f"the tables are now at schema version {self._runner.newer_schema}, newer than "
+                f"version {schema.CURRENT_VERSION} that this jobsd_async knows; upgrade it"
             )
         return self._submitter
 

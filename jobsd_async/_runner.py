@@ -16,6 +16,7 @@ beat (``shutdown_at``); stop listening.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -34,7 +35,7 @@ from ._listener import PgListener
 from ._pool import WorkerPool
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
-from ._store import _prune
+from ._store import _migrations, _prune
 from ._store._instances import Counters
 from ._store._rows import Store
 from ._supervisor import Loops, ticking
@@ -112,6 +113,7 @@ class Runner:
             running=self.pool.running,
             cancel=self.cancel_local,
             listener=listener,
+            on_newer_schema=self._outdated_by,
         )
         self._resurrector = Resurrector(
             config=config,
@@ -122,6 +124,7 @@ class Runner:
             is_running_here=self.pool.is_tracking,
         )
         self._tidying = Loops(f"#{instance_id}", log=config.logger, extra=self._extra)
+        self.newer_schema: int | None = None  # the version of tables newer than this release
 
     @property
     def last_seen_at(self) -> datetime | None:
@@ -165,6 +168,19 @@ class Runner:
         self.pool.close()
         if self._listen_engine is not None:
             await self._listen_engine.dispose()
+
+    def _outdated_by(self, version: int) -> None:
+        """Tables upgraded past this release: stop claiming (what runs here finishes)."""
+        if self.newer_schema is None:
+            self._log.error(
+                "jobsd: the tables are at schema version %d, newer than version %d that this "
+                "jobsd_async knows: this instance stops claiming runs; upgrade it",
+                version,
+                _migrations.SCHEMA_VERSION,
+                extra=self._extra,
+            )
+            asyncio.get_running_loop().create_task(self.dispatcher.stop())
+        self.newer_schema = version
 
     def cancel_local(self, row_id: int) -> None:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""

@@ -34,7 +34,12 @@ BACKENDS = tuple(
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Fast settings for tests; each test may override them.
-FAST = {"poll_interval": 0.2, "heartbeat_interval": 0.5, "shutdown_timeout": 2.0, "cancel_grace": 0.5}
+FAST: dict[str, Any] = {
+    "poll_interval": 0.2,
+    "heartbeat_interval": 0.5,
+    "shutdown_timeout": 2.0,
+    "cancel_grace": 0.5,
+}
 
 _reachable: dict[str, str | None] = {}
 

@@ -1,8 +1,12 @@
-"""The two tables, ``{prefix}runs`` and ``{prefix}instances``, and their column types.
+"""The tables, ``{prefix}runs``, ``{prefix}instances`` and ``{prefix}migrations``, and their types.
 
 Column names follow the Go original in snake_case.  Datetimes are stored in UTC (naive on
 MySQL/MariaDB and SQLite, ``timestamptz`` on PostgreSQL) and always read back aware.
-Durations are float seconds; arguments and results are JSON text.
+Durations are float seconds (double precision); arguments and results are JSON text.
+Names compare exactly on every database: on MySQL/MariaDB their columns use a binary
+collation that also keeps trailing spaces significant (``NO PAD``).
+
+This is the schema at :data:`SCHEMA_VERSION`; ``_migrations`` brings older tables here.
 """
 
 from __future__ import annotations
@@ -34,6 +38,19 @@ from .._config import MAX_NAME_LENGTH
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 _ID = BigInteger().with_variant(Integer(), "sqlite")
 _TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+# MySQL's FLOAT is single precision: durations there are DOUBLE, as they are elsewhere.
+SECONDS = Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
+
+# Binary, NO PAD collations: 'report' != 'Report' != 'report ' (MariaDB and MySQL 8 differ).
+NAME_COLLATIONS = {"mariadb": "utf8mb4_nopad_bin", "mysql": "utf8mb4_0900_bin"}
+MYSQL_CHARSET = "utf8mb4"
+
+
+def name_type(flavor: str | None) -> Any:
+    """The type of a name column; ``flavor`` is "mariadb" or "mysql" on that family."""
+    collation = NAME_COLLATIONS.get(flavor or "mariadb", NAME_COLLATIONS["mariadb"])
+    mysql_name = mysql.VARCHAR(MAX_NAME_LENGTH, charset=MYSQL_CHARSET, collation=collation)
+    return String(MAX_NAME_LENGTH).with_variant(mysql_name, "mysql", "mariadb")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -64,6 +81,11 @@ class Tables:
     metadata: MetaData
     runs: Table
     instances: Table
+    migrations: Table
+
+    @property
+    def prefix(self) -> str:
+        return self.runs.name.removesuffix("runs")
 
 
 # ddl_if takes a tuple of dialect names, though its annotation says one.
@@ -115,22 +137,26 @@ def _run_indexes(table: str) -> list[Index]:
     ]
 
 
-def build_tables(prefix: str) -> Tables:
-    """The tables for one table prefix, in a MetaData of their own (for Alembic users too)."""
+def build_tables(prefix: str, *, flavor: str | None = None) -> Tables:
+    """The tables for one table prefix, in a MetaData of their own.
+
+    ``flavor`` ("mariadb" or "mysql") picks the name columns' collation on that family.
+    """
     metadata = MetaData()
     runs_name = f"{prefix}runs"
+    name = name_type(flavor)
     runs = Table(
         runs_name,
         metadata,
         Column("id", _ID, primary_key=True, autoincrement=True),
         Column("origin_id", BigInteger, nullable=True),
         Column("parent_id", BigInteger, nullable=True),
-        Column("name", String(MAX_NAME_LENGTH), nullable=False),
-        Column("name_active", String(MAX_NAME_LENGTH), nullable=True),
-        Column("job", String(MAX_NAME_LENGTH), nullable=False),
+        Column("name", name, nullable=False),
+        Column("name_active", name, nullable=True),
+        Column("job", name, nullable=False),
         Column("job_args", _TEXT, nullable=True),
         Column("job_kwargs", _TEXT, nullable=True),
-        Column("delay", Float, nullable=False, default=0.0),
+        Column("delay", SECONDS, nullable=False, default=0.0),
         Column("run_at", UTCDateTime, nullable=False),
         Column("run_total_count", Integer, nullable=False, default=0),
         Column("run_success_count", Integer, nullable=False, default=0),
@@ -140,20 +166,21 @@ def build_tables(prefix: str) -> Tables:
         Column("run_completed_at", UTCDateTime, nullable=True),
         Column("run_completed_error", _TEXT, nullable=True),
         Column("run_result", _TEXT, nullable=True),
-        Column("run_timeout", Float, nullable=True),
+        Column("run_timeout", SECONDS, nullable=True),
         Column("run_timeout_at", UTCDateTime, nullable=True),
         Column("retries_on_error_count", Integer, nullable=False, default=0),
         Column("retries_on_error_limit", Integer, nullable=True),
         Column("retries_on_timeout_count", Integer, nullable=False, default=0),
         Column("retries_on_timeout_limit", Integer, nullable=True),
         # Backoff before a retry (NULL: at once): base and cap in seconds.
-        Column("retry_backoff", Float, nullable=True),
-        Column("retry_backoff_cap", Float, nullable=True),
-        Column("schedule", String(MAX_NAME_LENGTH), nullable=True),
+        Column("retry_backoff", SECONDS, nullable=True),
+        Column("retry_backoff_cap", SECONDS, nullable=True),
+        Column("schedule", name, nullable=True),
         Column("cancel_requested_at", UTCDateTime, nullable=True),
         Column("created_at", UTCDateTime, nullable=False),
         Column("created_by", BigInteger, nullable=False),
         *_run_indexes(runs_name),
+        mysql_charset=MYSQL_CHARSET,
     )
     instances = Table(
         f"{prefix}instances",
@@ -163,13 +190,11 @@ def build_tables(prefix: str) -> Tables:
         Column("auto_migrate", Boolean, nullable=False),
         Column("supported_jobs", _TEXT, nullable=False),
         Column("supported_schedules", _TEXT, nullable=False),
-        # JSON {job: fingerprint of its signature}: tells versions of a job apart (0.2).
-        Column("job_signatures", _TEXT, nullable=True),
-        Column("poll_interval", Float, nullable=False),
+        Column("poll_interval", SECONDS, nullable=False),
         Column("poll_limit", Integer, nullable=False),
-        Column("timeout_check", Float, nullable=False),
-        Column("heartbeat_interval", Float, nullable=False),
-        Column("run_timeout", Float, nullable=True),
+        Column("timeout_check", SECONDS, nullable=False),
+        Column("heartbeat_interval", SECONDS, nullable=False),
+        Column("run_timeout", SECONDS, nullable=True),
         Column("retries_on_timeout_limit", Integer, nullable=True),
         Column("retries_on_error_limit", Integer, nullable=True),
         Column("runs_started", BigInteger, nullable=False, default=0),
@@ -180,5 +205,17 @@ def build_tables(prefix: str) -> Tables:
         Column("last_seen_at", UTCDateTime, nullable=True),
         Column("shutdown_at", UTCDateTime, nullable=True),
         Column("created_at", UTCDateTime, nullable=False),
+        # Added by migrations go last, where ALTER TABLE ... ADD COLUMN puts them.
+        # JSON {job: fingerprint of its signature}: tells versions of a job apart (v2).
+        Column("job_signatures", _TEXT, nullable=True),
+        mysql_charset=MYSQL_CHARSET,
     )
-    return Tables(metadata=metadata, runs=runs, instances=instances)
+    migrations = Table(
+        f"{prefix}migrations",
+        metadata,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", String(MAX_NAME_LENGTH), nullable=False),
+        Column("applied_at", UTCDateTime, nullable=False),
+        mysql_charset=MYSQL_CHARSET,
+    )
+    return Tables(metadata=metadata, runs=runs, instances=instances, migrations=migrations)
