@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 
-def describe(conn: Connection, prefix: str) -> dict[str, Any]:
+def describe(
+    conn: Connection, prefix: str, suffixes: tuple[str, ...] = ("runs", "instances", "migrations")
+) -> dict[str, Any]:
     """The tables of ``prefix`` as the database shows them (columns, types, indexes), with
     the prefix replaced, so two prefixes' schemas compare equal when they are."""
     tables = {}
-    for suffix in ("runs", "instances", "migrations"):
+    for suffix in suffixes:
         table = prefix + suffix
         if conn.dialect.name == "postgresql":
             columns = conn.execute(

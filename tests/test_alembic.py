@@ -74,7 +74,7 @@ asyncio.run(main())
 """
 
 REVISION = '''
-"""orders, and jobsd's tables"""
+"""jobsd's tables at version {version}"""
 import os
 
 import sqlalchemy as sa
@@ -82,20 +82,23 @@ from alembic import op
 
 from jobsd_async.schema import alembic_upgrade
 
-revision = "0001"
-down_revision = None
+revision = "{version:04d}"
+down_revision = {down!r}
 PREFIX = os.environ["JOBSD_PREFIX"]
 
 
 def upgrade():
-    op.create_table(
-        f"{PREFIX}app_orders", sa.Column("id", sa.Integer, primary_key=True), sa.Column("item", sa.String(50))
-    )
-    alembic_upgrade(op, table_prefix=PREFIX, to=2)
+    if revision == "0002":  # the first revision also makes the application's own table
+        op.create_table(
+            f"{{PREFIX}}app_orders",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("item", sa.String(50)),
+        )
+    alembic_upgrade(op, table_prefix=PREFIX, to={version})
 
 
 def downgrade():
-    op.drop_table(f"{PREFIX}app_orders")
+    pass
 '''
 
 
@@ -126,7 +129,11 @@ def alembic_project(root: Path) -> Path:
         "def upgrade():\n    ${upgrades if upgrades else 'pass'}\n"
         "def downgrade():\n    ${downgrades if downgrades else 'pass'}\n"
     )
-    (project / "versions" / "0001_jobsd.py").write_text(textwrap.dedent(REVISION))
+    # One revision per jobsd schema version, each pinned to it, as the docs advise.
+    for version in range(2, schema.CURRENT_VERSION + 1):
+        down = None if version == 2 else f"{version - 1:04d}"
+        text = REVISION.format(version=version, down=down)
+        (project / "versions" / f"{version:04d}_jobsd.py").write_text(textwrap.dedent(text))
     return project
 
 

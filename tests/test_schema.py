@@ -25,6 +25,7 @@ from jobsd_async._store._schema import build_tables
 HERE = Path(__file__).parent
 RELEASE_0_1_0 = HERE / "releases" / "jobsd_async-0.1.0-py3-none-any.whl"
 FINISHING = ("pending", "unique", "scheduled")  # runs old_release.py leaves pending
+SINCE_0_1_0 = list(range(2, schema.CURRENT_VERSION + 1))  # the migrations after 0.1.0
 
 
 async def old_release(
@@ -96,12 +97,13 @@ async def test_without_auto_migrate_0_1_0_tables_are_an_error_until_upgraded(
     assert await schema.current_version(engine, table_prefix=table_prefix) == 1
     jd = JobsD(engine, table_prefix=table_prefix, auto_migrate=False)
     with pytest.raises(
-        SchemaError, match=r"version 1 \(jobsd_async 0\.1\.0\).*needs version 2.*schema upgrade"
+        SchemaError,
+        match=rf"version 1 \(jobsd_async 0\.1\.0\).*needs version {schema.CURRENT_VERSION}.*upgrade",
     ):
         await jd.up()
     with pytest.raises(SchemaError):
         await schema.check(engine, table_prefix=table_prefix)
-    assert await schema.upgrade(engine, table_prefix=table_prefix) == [2]
+    assert await schema.upgrade(engine, table_prefix=table_prefix) == SINCE_0_1_0
     await schema.check(engine, table_prefix=table_prefix)
     again = JobsD(engine, table_prefix=table_prefix, auto_migrate=False)
     async with again:
@@ -180,7 +182,7 @@ async def test_runs_made_by_0_1_0_survive_the_upgrade_and_run(
     if not auto_migrate:
         with pytest.raises(SchemaError):
             await jd.up()
-        assert await schema.upgrade(engine, table_prefix=table_prefix) == [2]
+        assert await schema.upgrade(engine, table_prefix=table_prefix) == SINCE_0_1_0
         jd = rebuilt(jd, engine, table_prefix, echo.func, block.func)
     async with jd:
         states = {
@@ -220,7 +222,7 @@ async def test_eight_instances_starting_at_once_upgrade_0_1_0_tables_once(
     migrations = build_tables(table_prefix).migrations
     async with engine.connect() as conn:
         rows = (await conn.execute(select(migrations.c.version))).scalars().all()
-    assert rows == [2], "upgraded more than once"
+    assert rows == SINCE_0_1_0, "upgraded more than once"
 
 
 async def test_the_upgraded_schema_equals_a_fresh_one(
@@ -233,6 +235,20 @@ async def test_the_upgraded_schema_equals_a_fresh_one(
     await schema.upgrade(engine, table_prefix=fresh)
     async with engine.connect() as conn:
         assert await conn.run_sync(describe, upgraded) == await conn.run_sync(describe, fresh)
+
+
+async def test_tables_built_at_version_1_are_those_of_0_1_0(
+    engine: AsyncEngine, database_url: str, table_prefix: str, tmp_path: Path, cleanup: list[str]
+) -> None:
+    # What pinned Alembic revisions replayed on an empty database start from.
+    released, built = table_prefix, table_prefix[:-1] + "b_"
+    cleanup.extend([released, built])
+    await tables_of_0_1_0(database_url, released, tmp_path)
+    assert await schema.upgrade(engine, table_prefix=built, to=1) == [1]
+    async with engine.connect() as conn:
+        assert await conn.run_sync(describe, released, ("runs", "instances")) == await conn.run_sync(
+            describe, built, ("runs", "instances")
+        )
 
 
 async def test_the_exported_sql_makes_the_same_schema_as_auto_migrate(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import Config
+from .._config import MAX_NAME_LENGTH, Config
 from ._resurrect import instance_gone
 from ._rows import Store
 
@@ -40,6 +42,8 @@ async def register(
             auto_migrate=config.auto_migrate,
             supported_jobs=",".join(jobs),
             job_signatures=json.dumps(dict(jobs), separators=(",", ":")),
+            host=socket.gethostname()[:MAX_NAME_LENGTH],
+            pid=os.getpid(),
             supported_schedules=",".join(schedules),
             poll_interval=config.poll_interval,
             poll_limit=config.poll_limit,

@@ -20,17 +20,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Connection, Dialect, func, insert, inspect, select, text
+from sqlalchemy import Column, Connection, Dialect, Integer, String, func, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
+from .._config import MAX_NAME_LENGTH
 from .._errors import SchemaError
+from . import _schema
 from ._schema import _TEXT, MYSQL_CHARSET, NAME_COLLATIONS, SECONDS, Tables, build_tables, name_type
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = _schema.SCHEMA_VERSION
 """The schema version this jobsd_async creates and runs against."""
 
-RELEASES = {1: "0.1.0", 2: "0.2.0"}
+RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.2.0"}
 """The jobsd_async release that introduced each schema version."""
 
 _LOCK_WAIT = 300  # seconds an instance waits for another one's upgrade (MySQL GET_LOCK)
@@ -146,6 +148,14 @@ def _to_2(tables: Tables, flavor: str) -> list[Step]:
     return steps
 
 
+def _to_3(tables: Tables, flavor: str) -> list[Step]:
+    instances = tables.instances.name
+    return [
+        AddColumn(instances, Column("host", String(MAX_NAME_LENGTH), nullable=True)),
+        AddColumn(instances, Column("pid", Integer, nullable=True)),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
@@ -153,6 +163,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "durations on MySQL/MariaDB, instances.job_signatures",
         _to_2,
     ),
+    Migration(3, "instances.host and instances.pid", _to_3),
 )
 
 
@@ -221,11 +232,10 @@ def upgrade(conn: Connection, prefix: str, *, to: int = SCHEMA_VERSION) -> list[
     current = version_of(conn, tables)
     require_known(current, tables)
     if current == 0:
-        if to != SCHEMA_VERSION:
-            raise ValueError(f"missing tables can only be created at the current version {SCHEMA_VERSION}")
-        tables.metadata.create_all(conn)
-        _record(conn, tables, SCHEMA_VERSION, "tables created")
-        return [SCHEMA_VERSION]
+        build_tables(prefix, flavor=flavor, version=to).metadata.create_all(conn)
+        tables.migrations.create(conn, checkfirst=True)
+        _record(conn, tables, to, "tables created")
+        return [to]
     tables.migrations.create(conn, checkfirst=True)
     applied = []
     for migration in MIGRATIONS:

@@ -76,6 +76,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+SCHEMA_VERSION = 3
+"""The schema version these definitions build by default (see ``_migrations``)."""
+
+
+def since(version: int, *added: tuple[int, Column[Any]]) -> list[Column[Any]]:
+    """The columns added up to ``version``."""
+    return [column for introduced, column in added if introduced <= version]
+
+
 @dataclass(frozen=True, slots=True)
 class Tables:
     metadata: MetaData
@@ -137,14 +146,21 @@ def _run_indexes(table: str) -> list[Index]:
     ]
 
 
-def build_tables(prefix: str, *, flavor: str | None = None) -> Tables:
+def build_tables(prefix: str, *, flavor: str | None = None, version: int | None = None) -> Tables:
     """The tables for one table prefix, in a MetaData of their own.
 
     ``flavor`` ("mariadb" or "mysql") picks the name columns' collation on that family.
+    ``version`` builds them as they were at an earlier schema version (default: the
+    current one): the columns a migration added are left out, and the types it changed are
+    the old ones.  (Creating tables at an older version serves pinned Alembic revisions
+    replayed on an empty database.)
     """
+    at = SCHEMA_VERSION if version is None else version
     metadata = MetaData()
     runs_name = f"{prefix}runs"
-    name = name_type(flavor)
+    name: Any = name_type(flavor) if at >= 2 else String(MAX_NAME_LENGTH)
+    seconds: Any = SECONDS if at >= 2 else Float
+    options: dict[str, Any] = {"mysql_charset": MYSQL_CHARSET} if at >= 2 else {}
     runs = Table(
         runs_name,
         metadata,
@@ -156,7 +172,7 @@ def build_tables(prefix: str, *, flavor: str | None = None) -> Tables:
         Column("job", name, nullable=False),
         Column("job_args", _TEXT, nullable=True),
         Column("job_kwargs", _TEXT, nullable=True),
-        Column("delay", SECONDS, nullable=False, default=0.0),
+        Column("delay", seconds, nullable=False, default=0.0),
         Column("run_at", UTCDateTime, nullable=False),
         Column("run_total_count", Integer, nullable=False, default=0),
         Column("run_success_count", Integer, nullable=False, default=0),
@@ -166,21 +182,21 @@ def build_tables(prefix: str, *, flavor: str | None = None) -> Tables:
         Column("run_completed_at", UTCDateTime, nullable=True),
         Column("run_completed_error", _TEXT, nullable=True),
         Column("run_result", _TEXT, nullable=True),
-        Column("run_timeout", SECONDS, nullable=True),
+        Column("run_timeout", seconds, nullable=True),
         Column("run_timeout_at", UTCDateTime, nullable=True),
         Column("retries_on_error_count", Integer, nullable=False, default=0),
         Column("retries_on_error_limit", Integer, nullable=True),
         Column("retries_on_timeout_count", Integer, nullable=False, default=0),
         Column("retries_on_timeout_limit", Integer, nullable=True),
         # Backoff before a retry (NULL: at once): base and cap in seconds.
-        Column("retry_backoff", SECONDS, nullable=True),
-        Column("retry_backoff_cap", SECONDS, nullable=True),
+        Column("retry_backoff", seconds, nullable=True),
+        Column("retry_backoff_cap", seconds, nullable=True),
         Column("schedule", name, nullable=True),
         Column("cancel_requested_at", UTCDateTime, nullable=True),
         Column("created_at", UTCDateTime, nullable=False),
         Column("created_by", BigInteger, nullable=False),
         *_run_indexes(runs_name),
-        mysql_charset=MYSQL_CHARSET,
+        **options,
     )
     instances = Table(
         f"{prefix}instances",
@@ -190,11 +206,11 @@ def build_tables(prefix: str, *, flavor: str | None = None) -> Tables:
         Column("auto_migrate", Boolean, nullable=False),
         Column("supported_jobs", _TEXT, nullable=False),
         Column("supported_schedules", _TEXT, nullable=False),
-        Column("poll_interval", SECONDS, nullable=False),
+        Column("poll_interval", seconds, nullable=False),
         Column("poll_limit", Integer, nullable=False),
-        Column("timeout_check", SECONDS, nullable=False),
-        Column("heartbeat_interval", SECONDS, nullable=False),
-        Column("run_timeout", SECONDS, nullable=True),
+        Column("timeout_check", seconds, nullable=False),
+        Column("heartbeat_interval", seconds, nullable=False),
+        Column("run_timeout", seconds, nullable=True),
         Column("retries_on_timeout_limit", Integer, nullable=True),
         Column("retries_on_error_limit", Integer, nullable=True),
         Column("runs_started", BigInteger, nullable=False, default=0),
@@ -205,14 +221,20 @@ def build_tables(prefix: str, *, flavor: str | None = None) -> Tables:
         Column("last_seen_at", UTCDateTime, nullable=True),
         Column("shutdown_at", UTCDateTime, nullable=True),
         Column("created_at", UTCDateTime, nullable=False),
-        # Added by migrations go last, where ALTER TABLE ... ADD COLUMN puts them.
-        # JSON {job: fingerprint of its signature}: tells versions of a job apart (v2).
-        Column("job_signatures", _TEXT, nullable=True),
-        mysql_charset=MYSQL_CHARSET,
+        # Columns added by migrations go last, where ALTER TABLE ... ADD COLUMN puts them.
+        *since(
+            at,
+            # JSON {job: fingerprint of its signature}: tells versions of a job apart.
+            (2, Column("job_signatures", _TEXT, nullable=True)),
+            # Where the instance runs: for operators, `jobsd instances` and healthchecks.
+            (3, Column("host", String(MAX_NAME_LENGTH), nullable=True)),
+            (3, Column("pid", Integer, nullable=True)),
+        ),
+        **options,
     )
     migrations = Table(
         f"{prefix}migrations",
-        metadata,
+        metadata if at >= 2 else MetaData(),  # 0.1.0 recorded no version
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("description", String(MAX_NAME_LENGTH), nullable=False),
         Column("applied_at", UTCDateTime, nullable=False),
