@@ -25,6 +25,7 @@ from ._jobs import Args, Job
 from ._jobsd import JobsD
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
+from ._worker import run_worker
 
 __version__ = "0.2.0.dev0"
 
@@ -57,4 +58,5 @@ __all__ = (
     "__version__",
     "cron",
     "every",
+    "run_worker",
 )

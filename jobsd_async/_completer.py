@@ -140,6 +140,11 @@ class Completer:
                     abandoned += outcome
         return abandoned
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is waiting to be written, or being written."""
+        return not self._pending and not self._flushes
+
     def _start_flush(self) -> None:
         if self._flush_timer is not None:
             self._flush_timer.cancel()

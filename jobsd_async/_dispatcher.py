@@ -168,6 +168,17 @@ class Dispatcher:
         for row_id, run_at in rows:
             self.enqueue(row_id, run_at)
 
+    async def nothing_due(self) -> bool:
+        """Whether no row this instance could claim is due now (``jobsd worker --burst``)."""
+        if self._config.workers == 0 or not self._jobs:
+            return True
+        store = self._store
+        async with store.dialect.reading() as conn:
+            rows = await _claim.poll_due(
+                store, conn, jobs=list(self._jobs), schedules=list(self._schedules), horizon=0.0, limit=1
+            )
+        return not [row_id for row_id, _ in rows if row_id not in self._avoid]
+
     # ---------------------------------------------------------------- claims
 
     async def _dispatch_step(self) -> None:

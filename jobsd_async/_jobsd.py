@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections.abc import Iterable
@@ -188,6 +189,17 @@ class JobsD(Registrations):
             created_at=self._created_at,
         )
 
+    def _reconfigure(self, **changes: Any) -> None:
+        """Change settings before ``up()`` (the command line's overrides), validated again."""
+        self._require_registering("reconfiguring")
+        settings = {f.name: getattr(self._config, f.name) for f in dataclasses.fields(self._config)}
+        self._config = build_config(**{**settings, **changes})
+
+    async def _idle(self) -> bool:
+        """Nothing runs here, nothing is being written, and nothing is due for this instance."""
+        runner = self._runner
+        return runner is not None and await runner.idle()
+
     def _require_registering(self, what: str) -> None:
         if self._state is not _State.NEW:
             raise JobsDStateError(f"{what}() must be called before up(); register everything first")
@@ -257,12 +269,16 @@ class JobsD(Registrations):
     async def _stopped(self) -> None:
         self._shutdown_at = self._clock.now()
 
-    async def down(self) -> None:
+    async def down(self, *, graceful: bool = True) -> None:
         """Stop: let running jobs finish for ``shutdown_timeout``, then kill and hand them over.
 
         Idempotent; a ``down()`` during ``up()`` waits for it and then stops what it started.
-        Killed runs get a follow-up row that another instance runs.
+        Killed runs get a follow-up row that another instance runs.  With ``graceful=False``
+        running jobs are killed and handed over at once, also by a ``down()`` already under
+        way (a second SIGTERM).
         """
+        if not graceful and self._runner is not None:
+            self._runner.pool.hurry()
         async with self._lifecycle:
             if self._state is not _State.STARTED:
                 if self._state is _State.NEW:

@@ -114,6 +114,7 @@ class WorkerPool:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, config.workers), thread_name_prefix=f"jobsd-{instance_id}"
         )
+        self._hurry = asyncio.Event()  # set: shutdown hands running jobs over at once
 
     # ---------------------------------------------------------------- what runs here
 
@@ -276,7 +277,8 @@ class WorkerPool:
         )
         task = attempt.task
         if task is not None and not task.done():
-            asyncio.get_running_loop().call_later(self._config.cancel_grace, task.cancel)
+            grace = 0.0 if self._hurry.is_set() else self._config.cancel_grace
+            asyncio.get_running_loop().call_later(grace, task.cancel)
         return True
 
     def _end(self, attempt: Attempt, ending: Ending) -> bool:
@@ -308,24 +310,45 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- shutdown
 
+    def hurry(self) -> None:
+        """Make the drain (under way or to come) kill and hand over running jobs at once."""
+        self._hurry.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing runs here, and every ending has been written."""
+        return not self._attempts and not any(not t.done() for t in self._tasks)
+
     async def drain(self) -> None:
         """Let running jobs finish for ``shutdown_timeout``, then kill and hand over the rest."""
         running = {t for t in self._tasks if not t.done()}
         if not running:
             return
         config = self._config
-        self._log.info(
-            "jobsd: waiting %s for %d running jobs",
-            "without limit" if config.shutdown_timeout is None else f"up to {config.shutdown_timeout}s",
-            len(running),
-            extra=self._extra,
-        )
-        _, still = await asyncio.wait(running, timeout=config.shutdown_timeout)
+        if not self._hurry.is_set():
+            self._log.info(
+                "jobsd: waiting %s for %d running jobs",
+                "without limit" if config.shutdown_timeout is None else f"up to {config.shutdown_timeout}s",
+                len(running),
+                extra=self._extra,
+            )
+            # Until every job has ended, the timeout passes, or a second signal hurries us.
+            ended = asyncio.ensure_future(asyncio.wait(running))
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            try:
+                await asyncio.wait(
+                    {ended, hurried}, timeout=config.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                ended.cancel()
+                hurried.cancel()
+        still = {t for t in running if not t.done()}
         if not still:
             return
         for row_id in self.running():
             self.stop(row_id, Outcome.KILLED)
-        _, still = await asyncio.wait(still, timeout=config.cancel_grace + _ABANDON_AFTER)
+        grace = 0.0 if self._hurry.is_set() else config.cancel_grace
+        _, still = await asyncio.wait(still, timeout=grace + _ABANDON_AFTER)
         if still:
             self._log.error(
                 "jobsd: abandoning %d job tasks that did not end when cancelled (they swallow "

@@ -182,6 +182,12 @@ class Runner:
             asyncio.get_running_loop().create_task(self.dispatcher.stop())
         self.newer_schema = version
 
+    async def idle(self) -> bool:
+        """Nothing runs here, every ending is written, and no row is due for this instance."""
+        if not (self.pool.idle and self.completer.idle):
+            return False
+        return await self.dispatcher.nothing_due()
+
     def cancel_local(self, row_id: int) -> None:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""
         self.pool.stop(row_id, Outcome.CANCELLED)

@@ -335,6 +335,6 @@ def _now() -> Any:
 
 
 def schema_flavor(conn: Connection) -> str:
-    from jobsd_async._store._migrations import flavor_of
+    from jobsd_async._store._dialect import flavor_of
 
     return flavor_of(conn.dialect)

@@ -48,6 +48,7 @@ class Dialect:
         # transaction per run.  It measured +35% one-at-a-time on PostgreSQL, but -16% on
         # MariaDB and -15% on SQLite (benchmarks/throughput.py): there the claim path stays.
         self.direct_start = self.name == "postgresql" and self.insert_returning
+        self.flavor = flavor_of(engine.dialect)  # tells MariaDB from MySQL, once connected
 
     @classmethod
     async def detect(cls, engine: AsyncEngine) -> Dialect:
@@ -180,6 +181,13 @@ async def _rollback(conn: AsyncConnection) -> None:
     except Exception:
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
+
+
+def flavor_of(dialect: Any) -> str:
+    """ "postgresql", "sqlite", "mariadb" or "mysql" (for a SQLAlchemy dialect that has connected)."""
+    if dialect.name in ("mysql", "mariadb"):
+        return "mariadb" if getattr(dialect, "is_mariadb", False) else "mysql"
+    return str(dialect.name)
 
 
 def _family(name: str) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 from .._config import MAX_NAME_LENGTH
 from .._errors import SchemaError
 from . import _schema
+from ._dialect import flavor_of
 from ._schema import _TEXT, MYSQL_CHARSET, NAME_COLLATIONS, SECONDS, Tables, build_tables, name_type
 
 SCHEMA_VERSION = _schema.SCHEMA_VERSION
@@ -165,13 +166,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "instances.host and instances.pid", _to_3),
 )
-
-
-def flavor_of(dialect: Dialect) -> str:
-    """ "postgresql", "sqlite", "mariadb" or "mysql"."""
-    if dialect.name in ("mysql", "mariadb"):
-        return "mariadb" if getattr(dialect, "is_mariadb", False) else "mysql"
-    return dialect.name
 
 
 # ------------------------------------------------------------------------------ reading

@@ -1,0 +1,163 @@
+"""Reading runs and instances for operators: listing chains, a chain's attempts, instances.
+
+Used by the command line and the dashboard; not on any hot path.  A chain is listed by its
+latest row, the one its status comes from (no later row of the same chain exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .._runs import CANCELLED_TEXT, TIMED_OUT_TEXT, RunStatus
+from ._resurrect import instance_gone
+from ._rows import RunRow, Store
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which chains to list; every field that is set must match."""
+
+    status: RunStatus | None = None
+    job: str | None = None
+    name: str | None = None
+    since: datetime | None = None  # created at or after (the chain's first row)
+    until: datetime | None = None  # created before
+    before: int | None = None  # run ids below this one (the next page, newest first)
+
+
+def status_condition(store: Store, status: RunStatus, row: Any = None) -> ColumnElement[bool]:
+    """The rows whose status is ``status`` (see ``RunStatus.of_row``)."""
+    c = (row if row is not None else store.runs).c
+    started, completed, error = c.run_started_at, c.run_completed_at, c.run_completed_error
+    conditions: dict[RunStatus, ColumnElement[bool]] = {
+        RunStatus.PENDING: and_(started.is_(None), completed.is_(None)),
+        RunStatus.RUNNING: and_(started.is_not(None), completed.is_(None)),
+        RunStatus.SUCCEEDED: and_(completed.is_not(None), error.is_(None)),
+        RunStatus.TIMED_OUT: and_(completed.is_not(None), error == TIMED_OUT_TEXT),
+        RunStatus.CANCELLED: and_(completed.is_not(None), error == CANCELLED_TEXT),
+        RunStatus.FAILED: and_(
+            completed.is_not(None), error.is_not(None), error.not_in([TIMED_OUT_TEXT, CANCELLED_TEXT])
+        ),
+    }
+    return conditions[status]
+
+
+async def latest_rows(store: Store, conn: AsyncConnection, filters: RunFilter, *, limit: int) -> list[RunRow]:
+    """The latest row of each chain that matches ``filters``, newest chain first."""
+    runs = store.runs
+    row = runs.alias("r")
+    later = runs.alias("later")
+    root = runs.alias("root")
+    chain = func.coalesce(row.c.origin_id, row.c.id)
+    stmt = (
+        select(row)
+        .join(root, root.c.id == chain)
+        .where(~exists().where(later.c.origin_id == chain, later.c.id > row.c.id))
+        .order_by(chain.desc())
+        .limit(limit)
+    )
+    if filters.status is not None:
+        stmt = stmt.where(status_condition(store, filters.status, row))
+    if filters.job is not None:
+        stmt = stmt.where(row.c.job == filters.job)
+    if filters.name is not None:
+        stmt = stmt.where(row.c.name == filters.name)
+    if filters.since is not None:
+        stmt = stmt.where(root.c.created_at >= filters.since)
+    if filters.until is not None:
+        stmt = stmt.where(root.c.created_at < filters.until)
+    if filters.before is not None:
+        stmt = stmt.where(chain < filters.before)
+    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
+
+
+async def chain_rows(store: Store, conn: AsyncConnection, run_id: int) -> list[RunRow]:
+    """Every row of the chain whose first row is ``run_id``, oldest first."""
+    runs = store.runs
+    stmt = select(runs).where(or_(runs.c.id == run_id, runs.c.origin_id == run_id)).order_by(runs.c.id)
+    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """A row of ``{prefix}instances``, with whether the timeout check takes it for alive."""
+
+    id: int
+    host: str | None
+    pid: int | None
+    workers: int
+    supported_jobs: tuple[str, ...]
+    supported_schedules: tuple[str, ...]
+    heartbeat_interval: float
+    alive: bool
+    running: int  # rows it runs now
+    runs_started: int
+    runs_rescheduled: int
+    runs_timed_out: int
+    runs_timed_out_res: int
+    runs_errors: int
+    last_seen_at: datetime | None
+    shutdown_at: datetime | None
+    created_at: datetime
+
+
+async def instance_records(
+    store: Store, conn: AsyncConnection, *, include_gone: bool, ids: Sequence[int] = ()
+) -> list[InstanceRecord]:
+    """Instances, newest first: the live ones (and, with ``include_gone``, the rest)."""
+    instances, runs = store.instances, store.runs
+    gone = instance_gone(store)
+    running = (
+        select(func.count())
+        .where(
+            runs.c.run_started_by == instances.c.id,
+            runs.c.run_started_at.is_not(None),
+            runs.c.run_completed_at.is_(None),
+        )
+        .scalar_subquery()
+    )
+    stmt = select(instances, gone.label("gone"), running.label("running")).order_by(instances.c.id.desc())
+    if not include_gone:
+        stmt = stmt.where(~gone)
+    if ids:
+        stmt = stmt.where(instances.c.id.in_(list(ids)))
+    records = []
+    for r in (await conn.execute(stmt)).mappings():
+        records.append(
+            InstanceRecord(
+                id=int(r["id"]),
+                host=r["host"],
+                pid=r["pid"],
+                workers=int(r["workers"]),
+                supported_jobs=_names(r["supported_jobs"]),
+                supported_schedules=_names(r["supported_schedules"]),
+                heartbeat_interval=float(r["heartbeat_interval"]),
+                alive=not r["gone"],
+                running=int(r["running"] or 0),
+                runs_started=int(r["runs_started"]),
+                runs_rescheduled=int(r["runs_rescheduled"]),
+                runs_timed_out=int(r["runs_timed_out"]),
+                runs_timed_out_res=int(r["runs_timed_out_res"]),
+                runs_errors=int(r["runs_errors"]),
+                last_seen_at=r["last_seen_at"],
+                shutdown_at=r["shutdown_at"],
+                created_at=r["created_at"],
+            )
+        )
+    return records
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(n for n in (text or "").split(",") if n)
+
+
+async def database_now(store: Store, conn: AsyncConnection) -> datetime:
+    value = (await conn.execute(select(store.dialect.now()))).scalar_one()
+    assert isinstance(value, datetime)
+    return value
