@@ -55,7 +55,7 @@ def describe(error: BaseException) -> str:
     """``"ExcType: message"`` for any exception, even one whose ``__str__`` raises; storable."""
     try:
         message = str(error)
-    except Exception:
+    except BaseException:  # a hostile __str__ may even raise SystemExit
         message = f"<unprintable {type(error).__name__} object>"
     return storable(f"{type(error).__name__}: {message}", MAX_ERROR_LENGTH)
 

@@ -17,8 +17,8 @@ def encode_args(job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
     """JSON text of the positional and keyword arguments, naming any argument that fails."""
     try:
         return _dumps(list(args)), _dumps(kwargs)
-    except (TypeError, ValueError):
-        pass  # find the argument to blame
+    except Exception:
+        pass  # find the argument to blame (also one nested too deep: RecursionError)
     for index, value in enumerate(args):
         _check_json(job, f"argument {index}", value)
     for key, value in kwargs.items():
@@ -29,9 +29,9 @@ def encode_args(job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tupl
 def _check_json(job: str, what: str, value: object) -> None:
     try:
         _dumps(value)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:
         raise JobArgsSerializationError(
-            f"{what} of job {job!r} is not JSON-serializable: {value!r} ({exc})"
+            f"{what} of job {job!r} is not JSON-serializable: {_short(value)} ({type(exc).__name__}: {exc})"
         ) from exc
 
 
@@ -55,3 +55,11 @@ def encode_result(value: object) -> str | None:
 
 def decode_result(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else text[:200] + "..."

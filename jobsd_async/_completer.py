@@ -7,12 +7,13 @@ errors), so a batch stays well inside a server's packet limit.
 
 A batch that fails is not retried blindly:
 
-- if the database does not answer (an outage), the whole batch waits with backoff (50 ms
-  doubling to 5 s) and is tried again, until the database is back;
-- if the database answers, something in the batch is what it refuses: the batch is split
-  in halves until every other completion has landed, and a single refused completion is
-  written *degraded* — as a failure that says why its outcome could not be stored, then,
-  if even that is refused, without its follow-up.  Nothing is dropped or retried forever.
+- if the database is away, busy (a lock timeout) or read-only for now, the whole batch
+  waits with backoff (50 ms doubling to 5 s) and is tried again, until it lands;
+- if the database refuses the data (a value out of range, text it cannot store: see
+  ``Dialect.refuses``), the batch is split in halves until every other completion has
+  landed, and a single refused completion is written *degraded* — as a failure that says
+  why its outcome could not be stored, then, if even that is refused, without its
+  follow-up.  Nothing is dropped, and no refused completion is retried forever.
 
 A row that turns out to be closed already (resurrected elsewhere) has its late ending
 discarded.  A crash before a batch is written leaves its rows running: a timeout check
@@ -25,8 +26,6 @@ import asyncio
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-
-from sqlalchemy import literal, select
 
 from ._attempt import Ending
 from ._chain import FollowUp, Outcome, describe, plan_follow_up
@@ -180,21 +179,22 @@ class Completer:
                     )
                 )
             except Exception as exc:
-                answers = await self._database_answers()
-                if answers and len(batch) > 1:
+                refused = self._store.dialect.refuses(exc)
+                if refused and len(batch) > 1:  # one of them is refused: let every other land
                     half = len(batch) // 2
                     await self._write(batch[:half])
                     await self._write(batch[half:])
                     return
-                refused = batch[0]
-                refused.refusals = refused.refusals + 1 if answers else 0
-                if refused.refusals >= _REFUSALS:
-                    degraded = self._degraded(refused, exc)
-                    if degraded is None:
-                        refused.future.set_exception(exc)
-                        return
-                    batch = [degraded]
-                    continue
+                if refused:
+                    batch[0].refusals += 1
+                    if batch[0].refusals >= _REFUSALS:
+                        degraded = self._degraded(batch[0], exc)
+                        if degraded is None:
+                            batch[0].future.set_exception(exc)
+                            return
+                        batch = [degraded]
+                        continue
+                # The database is away, busy or read-only for now: the same write, later.
                 self._log.warning(
                     "jobsd: recording %d runs failed, retrying in %.2fs: %s",
                     len(batch),
@@ -211,15 +211,6 @@ class Completer:
                 if not pending.future.done():
                     pending.future.set_result(done)
             return
-
-    async def _database_answers(self) -> bool:
-        """Whether the database is reachable (then a failed write was refused, not cut off)."""
-        try:
-            async with self._store.dialect.reading() as conn:
-                await conn.execute(select(literal(1)))
-        except Exception:
-            return False
-        return True
 
     def _degraded(self, refused: _Pending, exc: Exception) -> _Pending | None:
         """The next, simpler way to record a completion the database refused; None: none left.

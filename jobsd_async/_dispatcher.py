@@ -138,12 +138,20 @@ class Dispatcher:
         self._done_reserving()
         self.pool.slots.give()
 
-    def start_claimed(self, row: RunRow) -> None:
-        """Start, in its reserved slot, a row this instance inserted already claimed."""
+    def start_claimed(self, row: RunRow) -> bool:
+        """Start, in its reserved slot, a row this instance inserted already claimed.
+
+        False once the instance has stopped claiming: the slot is given back and the caller
+        hands the row back (it must not start on an instance going down).
+        """
         assert self.pool is not None
+        if self._stopping:
+            self.unreserve()
+            return False
         self._counters.runs_started += 1
         self.pool.start(row)
         self._done_reserving()
+        return True
 
     def _done_reserving(self) -> None:
         self._reserved -= 1
@@ -190,11 +198,7 @@ class Dispatcher:
         if self._claim_now or (head is not None and head <= now):
             free = await self.pool.slots.take(self.pool.slots.total)
             if free:
-                try:
-                    await self._claim_and_start(now, free)
-                except BaseException:
-                    self.pool.slots.give(free)
-                    raise
+                await self._claim_and_start(now, free)
                 return
             head = None  # no slot: wait for one to free up (which wakes us)
         timeout = None if head is None else max(0.0, (head - now).total_seconds())
@@ -209,6 +213,7 @@ class Dispatcher:
         # win, and keep the rest for the next one.
         due = self._queue.pop_due(now, free)
         store = self._store
+        won: list[RunRow] = []
         try:
             won = await store.dialect.retrying(
                 lambda conn: _claim.claim_due(
@@ -224,13 +229,13 @@ class Dispatcher:
         except DRIVER_ERRORS as exc:
             # The claim may have committed before the error: such rows are ours but not
             # running, and the timeout check hands them over.
-            self.pool.slots.give(free)
             self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
             retry_at = self._clock.now() + timedelta(seconds=1)
             for row_id in due:
                 self.enqueue(row_id, retry_at)
             return
-        self.pool.slots.give(free - len(won))
+        finally:
+            self.pool.slots.give(free - len(won))  # each row won keeps its permit
         for row in won:
             self._counters.runs_started += 1
             self._queue.discard(row.id)

@@ -11,17 +11,20 @@ over one lost beat.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 
 from ._clock import DbClock
 from ._config import Config
-from ._listener import PgListener
+from ._lifeline import Lifeline
 from ._store import _cancel, _instances, _migrations
 from ._store._instances import Counters
 from ._store._rows import Store
 from ._supervisor import Loops, ticking
+
+_FINAL_BEAT = 5.0  # seconds the last beat (shutdown_at) may take
 
 
 class Heartbeat:
@@ -35,7 +38,7 @@ class Heartbeat:
         counters: Counters,
         running: Callable[[], list[int]],
         cancel: Callable[[int], object],
-        listener: PgListener | None,
+        lifeline: Lifeline,
         on_newer_schema: Callable[[int], None],
     ) -> None:
         self._config = config
@@ -45,16 +48,15 @@ class Heartbeat:
         self._counters = counters
         self._running = running
         self._cancel = cancel
-        self._listener = listener
+        self._lifeline = lifeline
         self._on_newer_schema = on_newer_schema
         self._log = config.logger
         self._loops = Loops(f"#{instance_id}", log=config.logger, extra={"instance_id": instance_id})
         self.last_seen_at: datetime | None = None
 
     async def start(self) -> None:
-        """Listen (on PostgreSQL) and start beating."""
-        if self._listener is not None:
-            await self._listener.ensure()
+        """Hold the lifeline (listening, on PostgreSQL) and start beating."""
+        await self._lifeline.ensure()
         # Retries after a failed beat come well within the interval (three make a death).
         interval = self._config.heartbeat_interval
         step = ticking(self._tick, interval, self._loops.stopping)
@@ -62,36 +64,36 @@ class Heartbeat:
 
     async def _tick(self) -> None:
         await self.beat()  # first: nothing else may delay it
-        if self._listener is not None:
-            await self._listener.ensure()
         await self._check_cancels()
         await self._check_schema()
 
     async def _check_schema(self) -> None:
         """Notice tables upgraded past what this instance knows (a newer release deployed)."""
-        async with self._store.dialect.reading() as conn:
-            version = await _migrations.latest_version(conn, self._store.tables)
+        tables = self._store.tables
+        version = await self._lifeline.run(lambda conn: _migrations.latest_version(conn, tables))
         if version > _migrations.SCHEMA_VERSION:
             self._on_newer_schema(version)
 
     async def stop(self) -> None:
-        """Stop beating, write the last beat (``shutdown_at``) and stop listening."""
+        """Stop beating, write the last beat (``shutdown_at``) and let go of the lifeline."""
         await self._loops.stop()
         try:
-            await self.beat(shutdown=True)
+            # Bounded: a database that stopped answering must not hold the shutdown forever
+            # (peers then take the instance for dead three beats after its last one).
+            async with asyncio.timeout(_FINAL_BEAT):
+                await self.beat(shutdown=True)
         except Exception as exc:
             self._log.error(
-                "jobsd: could not record the shutdown of instance %s: %s",
+                "jobsd: could not record the shutdown of instance %s: %r",
                 self._id,
                 exc,
                 extra={"instance_id": self._id},
             )
-        if self._listener is not None:
-            await self._listener.stop()
+        await self._lifeline.close()
 
     async def beat(self, *, shutdown: bool = False) -> None:
         counters = dataclasses.replace(self._counters)
-        await self._store.dialect.retrying(
+        await self._lifeline.run(
             lambda conn: _instances.beat(self._store, conn, self._id, counters, shutdown=shutdown)
         )
         self.last_seen_at = self._clock.now()
@@ -101,7 +103,6 @@ class Heartbeat:
         running = self._running()
         if not running:
             return
-        async with self._store.dialect.reading() as conn:
-            flagged = await _cancel.cancel_requested(self._store, conn, running)
+        flagged = await self._lifeline.run(lambda conn: _cancel.cancel_requested(self._store, conn, running))
         for row_id in flagged:
             self._cancel(row_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -288,12 +289,23 @@ class JobsD(Registrations):
             self.logger.info(
                 "jobsd: instance %s going down", self._instance_id, extra={"instance_id": self._instance_id}
             )
+            assert self._exit_stack is not None
+            closing = asyncio.ensure_future(self._exit_stack.aclose())
             try:
-                assert self._exit_stack is not None
-                await self._exit_stack.aclose()
+                await asyncio.shield(closing)
+            except asyncio.CancelledError:
+                # The caller gave up waiting: hand running jobs over at once, and still finish
+                # (an instance half down would beat forever and never write shutdown_at).
+                if self._runner is not None:
+                    self._runner.pool.hurry()
+                while not closing.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(closing)
+                raise
             finally:
-                self._state = _State.STOPPED
-                self._waiters.notify_all()
+                if closing.done():
+                    self._state = _State.STOPPED
+                    self._waiters.notify_all()
         self.logger.info(
             "jobsd: instance %s down", self._instance_id, extra={"instance_id": self._instance_id}
         )

@@ -6,12 +6,15 @@
   really runs even when a job ignores its cancellation.
 - **Attempts** run as tasks the pool owns (a task group whose members never cancel each
   other): an attempt catches whatever its job raises, ``BaseException`` included, and
-  always ends in a recorded completion.
+  always ends in a recorded completion.  Sync jobs run on daemon threads, one per attempt
+  (at most ``workers``), so a job that never returns cannot keep the process from exiting.
 - **Stopping** an attempt — its timeout, a ``cancel_run``, a kill at shutdown — goes
   through one path, :meth:`WorkerPool.stop`: record the ending, set ``RunInfo.cancel``,
-  cancel the task after ``cancel_grace``.
+  cancel the task after ``cancel_grace``.  A kill's completion (and the follow-up another
+  instance would run) is written only once the job has really ended, so no peer runs it
+  while it still runs here.
 - **Drain** at shutdown: wait up to ``shutdown_timeout``, kill what is left, and abandon
-  (with an error log) a task that will not end even then; its run is handed over all the same.
+  (with an error log) a job that will not end even then; its run is handed over all the same.
 """
 
 from __future__ import annotations
@@ -20,22 +23,22 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ._attempt import Attempt, Ending
 from ._chain import Outcome, describe
 from ._codec import encode_result
-from ._completer import Completer
+from ._completer import Completer, Written
 from ._config import MAX_DURATION, Config
 from ._jobs import Job
-from ._store._complete import Completed
 from ._store._instances import Counters
 from ._store._rows import RunRow
 from ._text import MAX_ERROR_LENGTH, MAX_RESULT_LENGTH, storable
 
 _ABANDON_AFTER = 1.0  # seconds after its task cancel that a killed attempt is abandoned at shutdown
+_HAND_OVER_LATER = 5.0  # seconds before a run that could not be checked or handed back is due again
 
 LeaveForOthers = Callable[[Attempt, str], Awaitable[bool]]
 """Asked when a claimed row cannot run here; True if it was handed back for other instances."""
@@ -49,17 +52,8 @@ class _RaisedInThread(Exception):
     """
 
     def __init__(self, raised: BaseException) -> None:
-        super().__init__(repr(raised))
+        super().__init__(type(raised).__name__)
         self.raised = raised
-
-
-def _guarded(call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except Exception:
-        raise
-    except BaseException as exc:
-        raise _RaisedInThread(exc) from None
 
 
 class Slots:
@@ -111,9 +105,8 @@ class WorkerPool:
         self.slots = Slots(config.workers, on_slot_free)
         self._attempts: dict[int, Attempt] = {}  # by row id, until its completion is written
         self._tasks: set[asyncio.Task[None]] = set()
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, config.workers), thread_name_prefix=f"jobsd-{instance_id}"
-        )
+        self._released: dict[int, asyncio.Event] = {}  # by row id: set once the slot is free
+        self._deferred: dict[int, Ending] = {}  # kills whose completion waits for the job to end
         self._hurry = asyncio.Event()  # set: shutdown hands running jobs over at once
 
     # ---------------------------------------------------------------- what runs here
@@ -126,6 +119,11 @@ class WorkerPool:
         """Row ids of the attempts that have not ended yet."""
         return [row_id for row_id, a in self._attempts.items() if a.ending is None]
 
+    @property
+    def idle(self) -> bool:
+        """Nothing runs here, and every ending has been handed to the completer."""
+        return not self._attempts and not self._released
+
     # ---------------------------------------------------------------- starting
 
     def start(self, row: RunRow) -> None:
@@ -133,6 +131,7 @@ class WorkerPool:
         job = self._jobs.get(row.job)
         attempt = Attempt(row, job.contract if job is not None else None)
         self._attempts[row.id] = attempt
+        self._released[row.id] = asyncio.Event()
         attempt.holders = 1
         task = asyncio.create_task(self._run(attempt), name=f"jobsd run {row.id}")
         attempt.task = task
@@ -143,21 +142,37 @@ class WorkerPool:
     def _let_go(self, attempt: Attempt) -> None:
         """One holder of the attempt's slot is done (its task, or its job's thread)."""
         attempt.holders -= 1
-        if attempt.holders == 0:
-            self.slots.give()
+        if attempt.holders:
+            return
+        self.slots.give()
+        released = self._released.pop(attempt.row.id, None)
+        if released is not None:
+            released.set()
+        ending = self._deferred.pop(attempt.row.id, None)
+        if ending is not None:  # a kill: its job has really ended, now hand the run over
+            self._submit(attempt, ending)
 
     async def _run_sync(self, attempt: Attempt, call: Callable[[], Any]) -> Any:
-        """Run a sync job's ``call`` on the pool's threads; the thread holds the slot too."""
+        """Run a sync job's ``call`` on a daemon thread of its own; the thread holds the slot too."""
         loop = asyncio.get_running_loop()
-        future = self._executor.submit(_guarded, call)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         attempt.holders += 1
 
-        def thread_done(_: concurrent.futures.Future[Any]) -> None:
+        def work() -> None:
+            try:
+                result = call()
+            except Exception as exc:
+                future.set_exception(exc)
+            except BaseException as exc:  # an awaiting future would mishandle these bare
+                future.set_exception(_RaisedInThread(exc))
+            else:
+                future.set_result(result)
             # (A closed loop: nobody is left to run anything.)
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._let_go, attempt)
 
-        future.add_done_callback(thread_done)
+        future.set_running_or_notify_cancel()
+        threading.Thread(target=work, name=f"jobsd-{self._id} run {attempt.row.id}", daemon=True).start()
         return await asyncio.wrap_future(future)
 
     # ---------------------------------------------------------------- running
@@ -175,6 +190,14 @@ class WorkerPool:
             # Cancelled from outside the pool (the event loop is closing): hand the run over.
             self._end(attempt, Ending.of(Outcome.KILLED))
             raise
+        except BaseException as exc:  # a defect of ours: still, the attempt ends recorded
+            self._log.error(
+                "jobsd: run %s: unexpected error", row.run_id, exc_info=True, extra=self._with(attempt)
+            )
+            ending = Ending(Outcome.KILLED, Outcome.KILLED.error_text(), retry_after=_HAND_OVER_LATER)
+            if not isinstance(exc, Exception):
+                self._end(attempt, ending)
+                raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -196,7 +219,7 @@ class WorkerPool:
             contract.check_args(row.job, attempt.args, attempt.kwargs)
         except Exception as exc:
             return await self._cannot_run(attempt, describe(exc), None)
-        self._log.debug("jobsd: run %s started", row.run_id, extra={**self._extra, **attempt.log_extra})
+        self._log.debug("jobsd: run %s started", row.run_id, extra=self._with(attempt))
         info = attempt.info if contract.takes_run_info else None
         try:
             value = await contract.call(
@@ -215,29 +238,35 @@ class WorkerPool:
 
     async def _cannot_run(self, attempt: Attempt, problem: str, kind: str | None) -> Ending | None:
         """A claimed row this instance cannot run: left to other instances, else rejected."""
-        if await self._leave_for_others(attempt, problem):
+        try:
+            left = await self._leave_for_others(attempt, problem)
+        except Exception as exc:  # the database is away: hand it over (no retry used), try later
+            self._log.warning(
+                "jobsd: run %s cannot run here and could not be handed back: %s",
+                attempt.row.run_id,
+                exc,
+                extra=self._with(attempt),
+            )
+            return Ending(Outcome.KILLED, Outcome.KILLED.error_text(), retry_after=_HAND_OVER_LATER)
+        if left:
             self._attempts.pop(attempt.row.id, None)
             return None
         return self._rejected(attempt, f"{kind}: {problem}" if kind else problem)
 
     def _rejected(self, attempt: Attempt, text: str) -> Ending:
         self._log.error(
-            "jobsd: run %s cannot run and ends: %s",
-            attempt.row.run_id,
-            text,
-            extra={**self._extra, **attempt.log_extra},
+            "jobsd: run %s cannot run and ends: %s", attempt.row.run_id, text, extra=self._with(attempt)
         )
         return Ending(Outcome.REJECTED, storable(text, MAX_ERROR_LENGTH))
 
     def _failed(self, attempt: Attempt, exc: BaseException) -> Ending:
-        self._log.error(
-            "jobsd: run %s failed (attempt %d)",
-            attempt.row.run_id,
-            attempt.row.run_total_count,
-            exc_info=exc,
-            extra={**self._extra, **attempt.log_extra},
-        )
-        return Ending(Outcome.FAILED, Outcome.FAILED.error_text(exc))
+        text = Outcome.FAILED.error_text(exc)
+        message, args = "jobsd: run %s failed (attempt %d)", (attempt.row.run_id, attempt.row.run_total_count)
+        try:
+            self._log.error(message, *args, exc_info=exc, extra=self._with(attempt))
+        except BaseException:  # formatting the traceback called a hostile __str__
+            self._log.error(message + ": %s", *args, text, extra=self._with(attempt))
+        return Ending(Outcome.FAILED, text)
 
     def _result_text(self, attempt: Attempt, value: object) -> str | None:
         try:
@@ -252,9 +281,12 @@ class WorkerPool:
             "jobsd: result of run %s is not JSON-serializable or too large to store; stored as None: %s",
             attempt.row.run_id,
             problem,
-            extra={**self._extra, **attempt.log_extra},
+            extra=self._with(attempt),
         )
         return None
+
+    def _with(self, attempt: Attempt) -> dict[str, Any]:
+        return {**self._extra, **attempt.log_extra}
 
     # ---------------------------------------------------------------- stopping
 
@@ -265,40 +297,47 @@ class WorkerPool:
         the slot stays taken until the job has really ended.  False if it had already ended.
         """
         attempt = self._attempts.get(row_id)
-        if attempt is None or not self._end(attempt, Ending.of(outcome)):
+        if attempt is None:
+            return False
+        ending = Ending.of(outcome)
+        if outcome is Outcome.KILLED:
+            if not attempt.end(ending):
+                return False
+            self._deferred[row_id] = ending  # written once the job has ended (see _let_go)
+        elif not self._end(attempt, ending):
             return False
         level = logging.INFO if outcome is Outcome.CANCELLED else logging.WARNING
-        self._log.log(
-            level,
-            "jobsd: run %s %s",
-            attempt.row.run_id,
-            outcome.value,
-            extra={**self._extra, **attempt.log_extra},
-        )
+        self._log.log(level, "jobsd: run %s %s", attempt.row.run_id, outcome.value, extra=self._with(attempt))
         task = attempt.task
         if task is not None and not task.done():
             grace = 0.0 if self._hurry.is_set() else self._config.cancel_grace
-            asyncio.get_running_loop().call_later(grace, task.cancel)
+            handle = asyncio.get_running_loop().call_later(grace, task.cancel)
+            task.add_done_callback(lambda _: handle.cancel())
         return True
 
     def _end(self, attempt: Attempt, ending: Ending) -> bool:
         if not attempt.end(ending):
             return False
-        future = self._completer.submit(attempt.row, ending, owner_id=self._id)
-        future.add_done_callback(lambda f: self._recorded(attempt, ending, f))
+        self._submit(attempt, ending)
         return True
 
-    def _recorded(self, attempt: Attempt, ending: Ending, future: asyncio.Future[Completed | None]) -> None:
+    def _submit(self, attempt: Attempt, ending: Ending) -> None:
+        future = self._completer.submit(attempt.row, ending, owner_id=self._id)
+        future.add_done_callback(lambda f: self._recorded(attempt, ending, f))
+
+    def _recorded(self, attempt: Attempt, ending: Ending, future: asyncio.Future[Written]) -> None:
         self._attempts.pop(attempt.row.id, None)
         if future.cancelled():
             return  # abandoned at shutdown: another instance's timeout check recovers the row
+        if future.exception() is not None:
+            return  # the completer logged why; another instance's timeout check recovers the row
         done = future.result()
         if done is None:
             self._log.warning(
                 "jobsd: run %s was already completed elsewhere; discarding its %s ending",
                 attempt.row.run_id,
                 ending.outcome.value,
-                extra={**self._extra, **attempt.log_extra},
+                extra=self._with(attempt),
             )
         elif not done.cancelled:
             # Counted only with the completion that landed: a row closed elsewhere first
@@ -314,18 +353,11 @@ class WorkerPool:
         """Make the drain (under way or to come) kill and hand over running jobs at once."""
         self._hurry.set()
 
-    @property
-    def idle(self) -> bool:
-        """Nothing runs here, and every ending has been written."""
-        return not self._attempts and not any(not t.done() for t in self._tasks)
-
     async def drain(self) -> None:
         """Let running jobs finish for ``shutdown_timeout``, then kill and hand over the rest."""
         running = {t for t in self._tasks if not t.done()}
-        if not running:
-            return
         config = self._config
-        if not self._hurry.is_set():
+        if running and not self._hurry.is_set():
             self._log.info(
                 "jobsd: waiting %s for %d running jobs",
                 "without limit" if config.shutdown_timeout is None else f"up to {config.shutdown_timeout}s",
@@ -342,21 +374,26 @@ class WorkerPool:
             finally:
                 ended.cancel()
                 hurried.cancel()
-        still = {t for t in running if not t.done()}
-        if not still:
-            return
         for row_id in self.running():
             self.stop(row_id, Outcome.KILLED)
+        # Every slot freed: each job (and each sync job's thread) has ended.
+        waiting = {row_id: asyncio.ensure_future(e.wait()) for row_id, e in self._released.items()}
+        if not waiting:
+            return
         grace = 0.0 if self._hurry.is_set() else config.cancel_grace
-        _, still = await asyncio.wait(still, timeout=grace + _ABANDON_AFTER)
-        if still:
+        _, stuck = await asyncio.wait(waiting.values(), timeout=grace + _ABANDON_AFTER)
+        for future in waiting.values():
+            future.cancel()
+        abandoned = [row_id for row_id, future in waiting.items() if future in stuck]
+        if abandoned:
             self._log.error(
-                "jobsd: abandoning %d job tasks that did not end when cancelled (they swallow "
-                "CancelledError); their runs were recorded as killed and are handed over",
-                len(still),
+                "jobsd: abandoning %d jobs that did not end when cancelled (they swallow "
+                "CancelledError, or a sync job ignores RunInfo.cancel); their runs are handed over",
+                len(abandoned),
                 extra=self._extra,
             )
-
-    def close(self) -> None:
-        """Release the threads (a sync job still running keeps its thread until it returns)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for row_id in abandoned:
+            ending = self._deferred.pop(row_id, None)
+            attempt = self._attempts.get(row_id)
+            if ending is not None and attempt is not None:
+                self._submit(attempt, ending)

@@ -5,7 +5,8 @@ Parts (each owns its state; the others ask it):
 - :class:`~._completer.Completer` writes how attempts ended, in batches;
 - :class:`~._pool.WorkerPool` runs attempts in ``workers`` slots;
 - :class:`~._dispatcher.Dispatcher` polls and claims due rows into the pool;
-- :class:`~._heartbeat.Heartbeat` beats, listens, and applies remote cancels;
+- :class:`~._heartbeat.Heartbeat` beats (through the :class:`~._lifeline.Lifeline`, a
+  connection of its own, which also listens), and applies remote cancels;
 - :class:`~._resurrector.Resurrector` (and the pruner, with ``retention``) tidy up.
 
 Start: heartbeat (and its listener, so no wake-up is missed), tidying loops, dispatcher.
@@ -31,7 +32,7 @@ from ._config import Config
 from ._dispatcher import Dispatcher
 from ._heartbeat import Heartbeat
 from ._jobs import Job
-from ._listener import PgListener
+from ._lifeline import Lifeline
 from ._pool import WorkerPool
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
@@ -90,20 +91,20 @@ class Runner:
             leave_for_others=self.dispatcher.leave_for_others,
         )
         self.dispatcher.pool = self.pool
-        listener = None
         self._listen_engine: AsyncEngine | None = None  # ours, for ``listen=URL``
-        if store.dialect.is_postgresql and config.workers > 0 and config.listen is not False:
-            engine = store.dialect.engine
-            if isinstance(config.listen, str):  # e.g. the server itself, behind a PgBouncer
-                engine = self._listen_engine = create_async_engine(config.listen, poolclass=NullPool)
-            listener = PgListener(
-                engine,
-                (store.new_channel, store.cancel_channel),
-                instance_id,
-                on_new=self.dispatcher.wake,
-                on_cancel=self.cancel_local,
-                logger=config.logger,
-            )
+        engine = store.dialect.engine
+        listening = store.dialect.is_postgresql and config.workers > 0 and config.listen is not False
+        if listening and isinstance(config.listen, str):  # e.g. the server itself, behind a PgBouncer
+            engine = self._listen_engine = create_async_engine(config.listen, poolclass=NullPool)
+        lifeline = Lifeline(
+            engine,
+            store.dialect,
+            instance_id,
+            channels=(store.new_channel, store.cancel_channel) if listening else None,
+            on_new=self.dispatcher.wake,
+            on_cancel=self.cancel_local,
+            logger=config.logger,
+        )
         self.heartbeat = Heartbeat(
             config=config,
             store=store,
@@ -112,7 +113,7 @@ class Runner:
             counters=counters,
             running=self.pool.running,
             cancel=self.cancel_local,
-            listener=listener,
+            lifeline=lifeline,
             on_newer_schema=self._outdated_by,
         )
         self._resurrector = Resurrector(
@@ -153,8 +154,8 @@ class Runner:
 
     async def stop(self) -> None:
         """Stop claiming, drain running jobs (still beating), flush completions, beat the last time."""
-        await self.dispatcher.stop()
-        await self._tidying.stop()
+        # (At once: with a database that stopped answering, each waits for its loops in vain.)
+        await asyncio.gather(self.dispatcher.stop(), self._tidying.stop())
         await self.pool.drain()
         abandoned = await self.completer.close()
         if abandoned:
@@ -165,7 +166,6 @@ class Runner:
                 extra=self._extra,
             )
         await self.heartbeat.stop()
-        self.pool.close()
         if self._listen_engine is not None:
             await self._listen_engine.dispose()
 

@@ -11,6 +11,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -155,12 +156,21 @@ def resolve(spec: str, registered: Mapping[str, ScheduleFunc]) -> ScheduleFunc |
     return registered.get(spec)
 
 
+def describe_error(error: BaseException) -> str:
+    try:
+        return repr(error)
+    except BaseException:
+        return f"<unprintable {type(error).__name__}>"
+
+
 def next_tick(name: str, func: ScheduleFunc, now: datetime) -> datetime:
     """The schedule's next due time after ``now``, in UTC; raises ScheduleError if unusable."""
     try:
         due = func(now)
-    except Exception as exc:
-        raise ScheduleError(f"schedule {name!r} raised {exc!r}") from exc
+    except BaseException as exc:  # a schedule never ends the host, whatever it raises
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise ScheduleError(f"schedule {name!r} raised {describe_error(exc)}") from exc
     if not isinstance(due, datetime):
         raise ScheduleError(f"schedule {name!r} must return a datetime, got {due!r}")
     if due.tzinfo is None or due.utcoffset() is None:

@@ -24,7 +24,7 @@ from ._dispatcher import Dispatcher
 from ._errors import UnknownScheduleError
 from ._jobs import Job
 from ._schedules import ScheduleFunc, next_tick, resolve
-from ._store import _create
+from ._store import _claim, _create
 from ._store._dialect import wrap_errors
 from ._store._rows import Store
 
@@ -86,8 +86,13 @@ class Submitter:
             raise
         if row is None:
             dispatcher.unreserve()  # the unique name is taken: nothing was inserted
-        else:
-            dispatcher.start_claimed(row)
+        elif not dispatcher.start_claimed(row):  # the instance went down meanwhile
+            await wrap_errors(
+                store.dialect.retrying(
+                    lambda c: _claim.hand_back(store, c, row.id, instance_id=self.instance_id, delay=0.0)
+                ),
+                "handing a run back",
+            )
         return run_id
 
     async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:

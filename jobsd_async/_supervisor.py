@@ -18,7 +18,7 @@ from ._signal import wait_event
 from ._store._dialect import DRIVER_ERRORS
 
 _RETRY_FIRST = 0.05  # seconds before a failed step is tried again, doubling up to the cap
-_STOP_TIMEOUT = 10.0  # seconds stop() waits for a loop to reach its next wait
+_STOP_TIMEOUT = 5.0  # seconds stop() waits for a loop to reach its next wait
 
 
 async def supervise(

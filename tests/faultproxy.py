@@ -1,4 +1,5 @@
-"""An asyncio TCP proxy that can cut the database off: drop every connection, refuse new ones."""
+"""An asyncio TCP proxy that can cut the database off: drop every connection and refuse new
+ones (an outage), or keep them open and let nothing through (a black hole)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
         self._down = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -42,6 +45,15 @@ class FaultProxy:
         finally:
             self._down = False
 
+    @contextlib.asynccontextmanager
+    async def frozen(self) -> AsyncIterator[None]:
+        """While inside: connections stay open but nothing gets through (a black hole)."""
+        self._flowing.clear()
+        try:
+            yield
+        finally:
+            self._flowing.set()
+
     def _cut(self) -> None:
         for writer in list(self._pipes):
             writer.transport.abort()
@@ -62,6 +74,7 @@ class FaultProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

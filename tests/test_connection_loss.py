@@ -118,15 +118,17 @@ class ServerConnections:
             return {int(i) for (i,) in rows} & {i for i, _ in self.ids}
 
     async def listeners(self, prefix: str) -> set[int]:
-        """PostgreSQL: recorded connections idle after LISTENing on ``prefix``'s channels."""
+        """PostgreSQL: recorded connections that are instances' listening lifelines.
+
+        (``prefix`` is the test's: only its own connections are recorded anyway.)
+        """
         async with self.killer.connect() as conn:
             rows = (
                 await conn.execute(
                     text(
                         "SELECT pid, backend_start FROM pg_stat_activity"
-                        " WHERE state = 'idle' AND left(query, length(:start)) = :start"
-                    ),
-                    {"start": f'LISTEN "{prefix}'},
+                        " WHERE application_name LIKE 'jobsd lifeline #% listening'"
+                    )
                 )
             ).all()
         mine = set(self.ids)

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import BACKENDS, drop_tables
+from conftest import BACKENDS, drop_tables, eventually
 from faultproxy import FaultProxy
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -108,4 +108,103 @@ async def test_outage_during_load_loses_and_doubles_nothing(
         assert set(created) <= set(chains)
         assert max(executed.values()) == 1, "a row executed twice"
     finally:
+        await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
+async def test_down_is_bounded_when_the_database_stops_answering(
+    proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str
+) -> None:
+    faulty = create_async_engine(proxy.proxied(database_url))
+    jd = JobsD(
+        faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.5, timeout_check=0.5
+    )
+    jd.register_job("noop", lambda: None)
+    try:
+        await jd.up()
+        async with proxy.frozen():
+            # Every statement now hangs (no error, no reply): down() must still end.
+            async with asyncio.timeout(40):
+                await jd.down()
+    finally:
+        await proxy.close()  # the frozen connections: cut
+        await faulty.dispose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
+async def test_a_pool_emptied_by_jobs_never_delays_the_heartbeat(
+    database_url: str, engine: AsyncEngine, table_prefix: str
+) -> None:
+    # Each job holds one of the owner's three pooled connections for 2 s (ten heartbeats):
+    # were the heartbeat to wait for one, the peer would take the owner for dead and re-run.
+    small = create_async_engine(database_url, pool_size=3, max_overflow=0)
+    owner = JobsD(small, table_prefix=table_prefix, heartbeat_interval=0.2, poll_interval=0.1, workers=3)
+    peer = JobsD(engine, table_prefix=table_prefix, timeout_check=0.05, poll_interval=0.1)
+    executed: Counter[str] = Counter()
+
+    @owner.job(name="hold")
+    async def hold(n: int) -> None:
+        executed[f"owner {n}"] += 1
+        async with small.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+            await asyncio.sleep(2.0)
+
+    @peer.job(name="hold")
+    async def rerun(n: int) -> None:
+        executed[f"peer {n}"] += 1
+
+    try:
+        async with owner:
+            run_ids = [await owner.create_run("hold", n).run() for n in range(3)]
+            await eventually(lambda: len(executed) == 3, what="the owner running all three")
+            async with peer:  # a watcher from now on, while the owner's pool is taken
+                states = [await peer.wait_for_run(run_id, timeout=30) for run_id in run_ids]
+        assert all(s.status.value == "succeeded" for s in states)
+        assert executed == {f"owner {n}": 1 for n in range(3)}, executed
+        assert peer.instance.runs_timed_out_res == 0
+    finally:
+        await small.dispose()
+        await drop_tables(engine, owner)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_a_lock_timeout_delays_a_completion_but_never_fails_it(
+    database_url: str, engine: AsyncEngine, table_prefix: str
+) -> None:
+    # Writes of this instance give up on a row lock after 100 ms (SQLSTATE 55P03); another
+    # transaction holds the run's row for 2 s when it completes.  That is no refusal of the
+    # data: the completion waits and lands, and the run is not executed again.
+    impatient = create_async_engine(database_url, connect_args={"server_settings": {"lock_timeout": "100"}})
+    jd = JobsD(impatient, table_prefix=table_prefix, poll_interval=0.1)
+    started = asyncio.Event()
+    release = asyncio.Event()
+    executed: list[int] = []
+
+    @jd.job(name="work")
+    async def work(info: RunInfo) -> str:
+        executed.append(info.id)
+        started.set()
+        await release.wait()
+        return "landed"
+
+    try:
+        async with jd:
+            run_id = await work.create_run().run()
+            async with asyncio.timeout(10):
+                await started.wait()
+            runs = jd.metadata.tables[f"{table_prefix}runs"]
+            async with engine.connect() as holder:
+                await holder.execute(runs.select().where(runs.c.id == run_id).with_for_update())
+                release.set()
+                await asyncio.sleep(2.0)  # the completion meets the lock, again and again
+                await holder.rollback()
+            state = await jd.wait_for_run(run_id, timeout=30)
+        assert state.status.value == "succeeded" and state.result == "landed"
+        assert executed == [run_id]
+    finally:
+        await impatient.dispose()
         await drop_tables(engine, jd)

@@ -19,7 +19,7 @@ from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobsd_async import RunInfo, RunStatus
+from jobsd_async import RunInfo, RunStatus, _dispatcher
 
 
 @contextmanager
@@ -139,3 +139,36 @@ async def test_direct_start_whose_caller_gives_up_still_runs(make_jobsd: MakeJob
     assert len(rows) == 1
     assert rows[0]["run_completed_error"] is None
     assert rows[0]["run_success_count"] == 1
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_a_direct_start_landing_after_down_is_handed_back_not_run(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A caller's open transaction holds the unique name, so our insert waits for it; the
+    # instance goes down meanwhile.  When the insert lands (already claimed), the row must
+    # not start on the downed instance: it goes back to pending, for a peer.
+    monkeypatch.setattr(_dispatcher, "_RESERVATIONS_WAIT", 0.2)
+    leaving = make_jobsd(workers=2)
+    ran_on: list[int] = []
+
+    @leaving.job(name="mark")
+    async def mark(info: RunInfo) -> None:
+        ran_on.append(info.run_started_by)
+
+    await leaving.up()
+    async with leaving.engine.connect() as conn:
+        await conn.begin()
+        await leaving.create_run("mark").unique("held").run(conn=conn)  # not committed
+        creating = asyncio.create_task(leaving.create_run("mark").unique("held").run())
+        await asyncio.sleep(0.3)  # the insert waits on the name
+        await leaving.down()
+        await conn.rollback()
+    run_id = await creating
+    peer = make_jobsd()
+    peer.register_job("mark", lambda: ran_on.append(-1))
+    async with peer:
+        state = await peer.wait_for_run(run_id, timeout=10)
+    assert state.status is RunStatus.SUCCEEDED
+    assert ran_on == [-1], "the run started on the instance that had gone down"
+    assert state.run_total_count == 1

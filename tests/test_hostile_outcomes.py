@@ -14,13 +14,14 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import MakeJobsD, fetch_runs
 
-from jobsd_async import InvalidJobFuncError, RunInfo, RunStatus
+from jobsd_async import InvalidJobFuncError, RunInfo, RunStatus, ScheduleError
 
 REPLACEMENT = "\ufffd"
 
@@ -248,3 +249,32 @@ async def test_completions_carrying_huge_arguments_stay_within_the_servers_packe
     assert [s.status for s in states[:3]] == [RunStatus.FAILED] * 3
     assert [s.run_total_count for s in states[:3]] == [2] * 3
     assert [s.result for s in states[3:]] == list(range(10))
+
+
+class Evil(Exception):
+    def __str__(self) -> str:
+        raise SystemExit(3)
+
+
+async def test_an_exception_whose_str_raises_system_exit_is_recorded(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+
+    @jd.job(name="evil", retries_error_limit=0)
+    async def evil() -> None:
+        raise Evil
+
+    def evil_schedule(now: datetime) -> datetime:
+        raise KeyboardInterrupt
+
+    jd.register_schedule("evil", evil_schedule)
+
+    @jd.job(name="tick")
+    async def tick() -> None:
+        return None
+
+    async with jd:
+        state = await jd.wait_for_run(await evil.create_run().run(), timeout=10)
+        with pytest.raises(ScheduleError, match="evil"):
+            await tick.create_run().schedule("evil").run()
+    assert state.status is RunStatus.FAILED
+    assert state.run_completed_error == "Evil: <unprintable Evil object>"

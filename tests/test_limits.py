@@ -25,6 +25,7 @@ HUNDRED_YEARS = 100 * 365.25 * 86400
 async def jd(make_jobsd: MakeJobsD) -> Any:
     jd = make_jobsd()
     jd.register_job("noop", lambda: None)
+    jd.register_job("echo", lambda value: value)
     async with jd:
         yield jd
 
@@ -135,3 +136,16 @@ async def test_ids_no_run_has_raise_run_not_found(jd: JobsD, missing: int) -> No
         await jd.wait_for_run(missing, timeout=1)
     with pytest.raises(RunNotFoundError):
         await jd.cancel_run(missing)
+
+
+async def test_arguments_nested_too_deep_are_a_serialization_error(jd: JobsD) -> None:
+    from jobsd_async import JobArgsSerializationError
+
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(JobArgsSerializationError, match="argument 0"):
+        await jd.create_run("echo", deep).run()
+    with pytest.raises(JobArgsSerializationError, match="argument 0"):
+        await jd.create_runs("echo", [(deep,)])
+    assert await fetch_runs(jd) == []

@@ -11,8 +11,10 @@ import logging
 
 import pytest
 from conftest import MakeJobsD
+from sqlalchemy.exc import OperationalError
 
-from jobsd_async import JobsD, RunInfo, RunStatus
+from jobsd_async import JobsD, RunInfo, RunStatus, _pool
+from jobsd_async._store import _instances
 
 pytestmark = pytest.mark.cluster
 
@@ -75,3 +77,31 @@ async def test_once_the_other_version_is_gone_an_unbindable_run_fails_at_once(ma
     assert "arguments do not match job 'report'" in state.run_completed_error
     assert state.run_total_count == 1, "binding cannot succeed later: no retries"
     assert executed_by == {}
+
+
+async def test_a_failure_to_hand_a_run_back_hands_it_over_instead(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checking for other versions fails once (the database is away): the run must not stay
+    # "running" forever; it is handed over and checked again.
+    monkeypatch.setattr(_pool, "_HAND_OVER_LATER", 0.1)
+    real = _instances.live_versions
+    calls: list[int] = []
+
+    async def away_once(*args: object, **kwargs: object) -> set[str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, ConnectionError("the database is away"))
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_instances, "live_versions", away_once)
+    executed_by: dict[str, int] = {}
+    new = version_2(make_jobsd, executed_by)
+    old_producer = version_1(make_jobsd, executed_by, workers=0)
+    async with new, old_producer:
+        run_id = await old_producer.create_run("report", "monday").run()
+        state = await new.wait_for_run(run_id, timeout=10)
+    assert len(calls) == 2
+    assert state.status is RunStatus.FAILED
+    assert "arguments do not match job 'report'" in (state.run_completed_error or "")
+    assert state.retries_on_error_count == 0 and state.retries_on_timeout_count == 0

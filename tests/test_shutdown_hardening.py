@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import MakeJobsD, fetch_runs
@@ -116,7 +121,7 @@ async def test_a_job_swallowing_cancellation_cannot_hang_down_and_is_handed_over
             await jd.down()
     stop_swallowing.set()
     await asyncio.sleep(0.1)  # let the abandoned task end before the test's loop closes
-    assert any("abandoning 1 job tasks" in r.getMessage() for r in caplog.records)
+    assert any("abandoning 1 jobs" in r.getMessage() for r in caplog.records)
     rows = await fetch_runs(jd)
     assert rows[0]["run_completed_error"] == "job run killed"
     assert len(rows) == 2 and rows[1]["origin_id"] == run_id, "the run was not handed over"
@@ -224,3 +229,100 @@ async def test_job_failures_are_logged_with_traceback_and_run_id(
         assert record.__dict__["instance_id"] == jd.instance_id
     rows = await fetch_runs(jd)
     assert [r["id"] for r in rows] == [failures[0].__dict__["row_id"], failures[1].__dict__["row_id"]]
+
+
+@pytest.mark.cluster
+async def test_a_killed_job_is_rerun_by_a_peer_only_after_it_has_ended_here(make_jobsd: MakeJobsD) -> None:
+    # The job is killed at shutdown_timeout and takes a while to clean up: its follow-up
+    # (which the peer runs) must not exist before the job has really ended here.
+    leaving = make_jobsd(shutdown_timeout=0.3, cancel_grace=5)
+    peer = make_jobsd(poll_interval=0.05)
+    started = asyncio.Event()
+    events: list[str] = []
+
+    @leaving.job(name="slow_to_stop", retries_error_limit=0)
+    async def slow_to_stop(info: RunInfo) -> None:
+        started.set()
+        await info.cancel.wait()
+        await asyncio.sleep(1.0)  # cleaning up after the signal
+        events.append("ended here")
+
+    @peer.job(name="slow_to_stop", retries_error_limit=0)
+    async def rerun() -> None:
+        events.append("re-run by the peer")
+
+    async with peer:
+        await leaving.up()
+        run_id = await slow_to_stop.create_run().run()
+        async with asyncio.timeout(10):
+            await started.wait()
+        await leaving.down()
+        state = await peer.wait_for_run(run_id, timeout=10)
+    assert state.status is RunStatus.SUCCEEDED
+    assert events == ["ended here", "re-run by the peer"]
+
+
+async def test_a_cancelled_down_still_shuts_the_instance_down(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd(shutdown_timeout=30)
+    started = asyncio.Event()
+
+    @jd.job(name="long")
+    async def long() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await jd.up()
+    await long.create_run().run()
+    async with asyncio.timeout(10):
+        await started.wait()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await jd.down()
+    assert jd.instance.shutdown_at is not None
+    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("jobsd")]
+    assert leftover == [], leftover
+    rows = await fetch_runs(jd)
+    assert rows[0]["run_completed_error"] == "job run killed", "not handed over"
+
+
+def test_a_sync_job_that_never_returns_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys, time
+            from sqlalchemy.ext.asyncio import create_async_engine
+            from jobsd_async import JobsD
+
+            async def main(url):
+                engine = create_async_engine(url)
+                jd = JobsD(engine, shutdown_timeout=0.1, cancel_grace=0.1)
+                started = asyncio.Event()
+                loop = asyncio.get_running_loop()
+
+                @jd.job(name="stubborn")
+                def stubborn():
+                    loop.call_soon_threadsafe(started.set)
+                    time.sleep(300)  # ignores RunInfo.cancel
+
+                async with jd:
+                    await jd.create_run("stubborn").run()
+                    await started.wait()
+                await engine.dispose()
+                print("DOWN", flush=True)
+
+            asyncio.run(main(sys.argv[1]))
+            """
+        )
+    )
+    pythonpath = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(script), f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=60,  # the job sleeps 300 s: the process must not wait for its thread
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "DOWN" in proc.stdout

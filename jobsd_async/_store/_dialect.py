@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, ColumnElement, cast, func, literal_column, type_coerce
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .._errors import JobsDError, StoreError
@@ -34,6 +34,8 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f000"  # SQLAlchemy's text layout, millisecond precision
 _TRANSIENT_RETRIES = 8
+# Data too long, out of range, incorrect value, NULL in a NOT NULL column, duplicate key.
+_MYSQL_REFUSALS = frozenset({1048, 1062, 1264, 1265, 1292, 1366, 1406, 1690})
 
 
 class Dialect:
@@ -106,17 +108,25 @@ class Dialect:
 
     @asynccontextmanager
     async def _transaction(self, progress: _Progress) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            try:
-                if self.is_sqlite:
-                    # Inside the try: a cancel that lands while BEGIN runs must still roll back.
-                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                yield conn
-            except BaseException:
-                await _rollback(conn)
-                raise
+        async with self.engine.connect() as conn, self.transaction_on(conn, progress) as same:
+            yield same
+
+    @asynccontextmanager
+    async def transaction_on(
+        self, conn: AsyncConnection, progress: _Progress | None = None
+    ) -> AsyncIterator[AsyncConnection]:
+        """One write transaction on ``conn``: committed on success, else rolled back."""
+        try:
+            if self.is_sqlite:
+                # Inside the try: a cancel that lands while BEGIN runs must still roll back.
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+        except BaseException:
+            await _rollback(conn)
+            raise
+        if progress is not None:
             progress.committing = True
-            await conn.commit()
+        await conn.commit()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
@@ -155,6 +165,27 @@ class Dialect:
             code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
             return code in ("40P01", "40001", "55P03")
         return "database is locked" in text or "database is busy" in text
+
+    def refuses(self, exc: BaseException) -> bool:
+        """Whether the database (or the driver, before sending) refused this data: writing
+        the same again cannot succeed, unlike after a lost connection, a lock timeout, a
+        read-only standby or a full disk, which pass."""
+        if isinstance(exc, DataError | IntegrityError):
+            return True
+        if isinstance(exc, DBAPIError):
+            if exc.connection_invalidated or exc.orig is None:
+                return False
+            if self.name == "postgresql":
+                state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+                # data exception, integrity violation, program limit exceeded (e.g. index row size)
+                return state[:2] in ("22", "23", "54")
+            if self.name == "mysql":
+                number = exc.orig.args[0] if exc.orig.args else None
+                return number in _MYSQL_REFUSALS
+            return "too big" in str(exc.orig) or "mismatch" in str(exc.orig)
+        # Not from the database: the driver could not encode a value (UnicodeEncodeError,
+        # OverflowError, ...).  Lost sockets are OSErrors, which pass.
+        return not isinstance(exc, OSError | SQLAlchemyError)
 
     def is_unique_violation(self, exc: DBAPIError) -> bool:
         if self.name == "mysql":

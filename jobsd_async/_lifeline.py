@@ -1,0 +1,138 @@
+"""The lifeline: one connection an instance holds for its life, for its heartbeat.
+
+The heartbeat writes through a connection of its own, so a connection pool emptied by
+running jobs never delays a beat (three late beats and peers take the instance for dead
+and re-run its live jobs).  On PostgreSQL the same connection ``LISTEN``s: every insert of
+runs notifies ``{prefix}new`` (on commit), and listening instances try a claim at once;
+``cancel_run`` notifies ``{prefix}cancel`` with ``owner:row``.  Both are shortcuts only:
+the poller and the heartbeat's cancel check remain.
+
+A lost connection (a restart, ``pg_terminate_backend``, MariaDB ``KILL``) is dropped and
+opened again at the next use.  On PostgreSQL the connection is named
+``jobsd lifeline #<instance>`` (``... listening`` when it listens) in ``application_name``,
+for operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ._store._dialect import Dialect
+
+T = TypeVar("T")
+
+_CLOSE_TIMEOUT = 2.0  # seconds close() may take (UNLISTEN) before the connection is dropped
+
+
+class Lifeline:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        dialect: Dialect,
+        instance_id: int,
+        *,
+        channels: tuple[str, str] | None,
+        on_new: Callable[[], None],
+        on_cancel: Callable[[int], None],
+        logger: logging.Logger,
+    ) -> None:
+        self._engine = engine
+        self._dialect = dialect
+        self._id = instance_id
+        self._channels = channels  # (new rows, cancels) to LISTEN on; None: no LISTEN
+        self._on_new = on_new
+        self._on_cancel = on_cancel
+        self._log = logger
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction on the lifeline (connecting again if it was lost)."""
+        async with self._lock:
+            conn = await self._connected()
+            try:
+                async with self._dialect.transaction_on(conn):
+                    return await work(conn)
+            except BaseException:
+                if self._lost(conn):
+                    await self._drop()
+                raise
+
+    async def ensure(self) -> None:
+        """Be connected (and listening); errors are logged, not raised: polling goes on."""
+        async with self._lock:
+            try:
+                await self._connected()
+            except Exception as exc:
+                self._log.warning(
+                    "jobsd: cannot hold the lifeline connection%s: %s",
+                    " (LISTEN: polling only)" if self._channels else "",
+                    exc,
+                    extra={"instance_id": self._id},
+                )
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop(unlisten=True)
+
+    async def _connected(self) -> AsyncConnection:
+        if self._conn is not None and not self._lost(self._conn):
+            return self._conn
+        await self._drop()
+        conn = await self._engine.connect()
+        try:
+            if self._dialect.is_postgresql:
+                name = f"jobsd lifeline #{self._id}" + (" listening" if self._channels else "")
+                await conn.execute(select(func.set_config("application_name", name, False)))
+                await conn.commit()
+            if self._channels is not None:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                new, cancel = self._channels
+                await driver.add_listener(new, self._new_rows)
+                await driver.add_listener(cancel, self._cancelled)
+                self._driver = driver
+        except BaseException:
+            await _discard(conn)
+            raise
+        self._conn = conn
+        return conn
+
+    def _lost(self, conn: AsyncConnection) -> bool:
+        if conn.closed or conn.invalidated:
+            return True
+        return self._driver is not None and bool(self._driver.is_closed())
+
+    async def _drop(self, *, unlisten: bool = False) -> None:
+        conn, driver, self._conn, self._driver = self._conn, self._driver, None, None
+        if conn is None:
+            return
+        if unlisten and driver is not None and not driver.is_closed() and self._channels is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await driver.remove_listener(self._channels[0], self._new_rows)
+                    await driver.remove_listener(self._channels[1], self._cancelled)
+        # Never back to the pool: its session was changed (application_name, LISTEN).
+        await _discard(conn)
+
+    def _new_rows(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._on_new()
+
+    def _cancelled(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        owner, _, row_id = payload.partition(":")
+        if owner == str(self._id) and row_id.isdigit():
+            self._on_cancel(int(row_id))
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()
