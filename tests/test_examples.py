@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -192,3 +193,47 @@ async def test_aiohttp_app_rejects_bad_requests(tmp_path: Path) -> None:
         assert (await client.post("/jobs/add", data=b"not json")).status == 400
         assert (await client.get("/runs/999")).status == 404
         assert (await client.get("/runs/abc")).status == 400
+
+
+def test_the_worker_example_runs_under_jobsd_worker(tmp_path: Path) -> None:
+    # One process creates runs, `jobsd worker --burst` (the example's worker module) runs them.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    pythonpath = os.pathsep.join(filter(None, [str(EXAMPLES.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "JOBSD_DATABASE_URL": url}
+    create = (
+        "import asyncio\n"
+        "from examples.worker import jd, add\n"
+        "async def main():\n"
+        "    async with jd:\n"
+        "        print(await add.create_run(2, 3).run(), flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", create],
+        env=env,
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    run_id = int(made.stdout.strip())
+    worker = subprocess.run(
+        [sys.executable, "-m", "jobsd_async", "worker", "--app", "examples.worker:jd", "--burst"],
+        env=env,
+        cwd=EXAMPLES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 0, worker.stderr
+    assert "jobs: announce, add, sleep" in worker.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "jobsd_async", "runs", "show", str(run_id), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["run"]["result"] == 5
