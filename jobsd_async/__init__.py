@@ -23,6 +23,7 @@ from ._errors import (
 )
 from ._jobs import Args, Job
 from ._jobsd import JobsD
+from ._logs import JsonFormatter
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
 from ._worker import run_worker
@@ -42,6 +43,7 @@ __all__ = (
     "JobsD",
     "JobsDError",
     "JobsDStateError",
+    "JsonFormatter",
     "RunCreator",
     "RunInfo",
     "RunKilledError",

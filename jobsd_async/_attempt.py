@@ -28,6 +28,7 @@ class Ending:
     error: str | None = None
     result: str | None = None
     retry_after: float | None = None
+    traceback: str | None = None
 
     @classmethod
     def of(cls, outcome: Outcome) -> Ending:

@@ -8,6 +8,7 @@ attempt killed at shutdown.  This module decides which, without touching the dat
 from __future__ import annotations
 
 import enum
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from ._config import MAX_COUNT, MAX_DURATION, backoff_delay
 from ._runs import CANCELLED_TEXT, KILLED_TEXT, TIMED_OUT_TEXT
 from ._store._rows import RunRow
-from ._text import MAX_ERROR_LENGTH, storable
+from ._text import MAX_ERROR_LENGTH, MAX_TRACEBACK_LENGTH, storable
 
 
 class Outcome(enum.Enum):
@@ -49,6 +50,17 @@ class Outcome(enum.Enum):
         if error is None:
             return "job failed"
         return describe(error)
+
+
+def traceback_text(error: BaseException) -> str:
+    """The traceback of ``error``, storable and cut to MAX_TRACEBACK_LENGTH characters."""
+    try:
+        text = "".join(traceback.format_exception(error))
+    except BaseException:  # a hostile __str__: the frames without the message
+        text = "".join(traceback.format_tb(error.__traceback__)) + describe(error) + "\n"
+    if len(text) > MAX_TRACEBACK_LENGTH:  # keep the end, where the error is
+        text = "... [cut]\n" + text[-MAX_TRACEBACK_LENGTH + 10 :]
+    return storable(text, MAX_TRACEBACK_LENGTH)
 
 
 def describe(error: BaseException) -> str:

@@ -104,7 +104,10 @@ class Completer:
         item = Completion(
             row=row,
             closing=Closing(
-                error=ending.error, result=ending.result, success=ending.outcome is Outcome.SUCCEEDED
+                error=ending.error,
+                result=ending.result,
+                success=ending.outcome is Outcome.SUCCEEDED,
+                traceback=ending.traceback,
             ),
             follow_up=self.plan(row, ending),
             owner_id=owner_id,

@@ -48,6 +48,7 @@ from ._store._dialect import Dialect, wrap_errors
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
 from ._submission import Submitter
+from ._telemetry import Telemetry
 from ._waiters import Waiters
 
 __all__ = ("JobsD",)
@@ -130,6 +131,7 @@ class JobsD(Registrations):
         self._counters = _instances.Counters()
         self._exit_stack: AsyncExitStack | None = None
         self._waiters = Waiters()
+        self._telemetry = Telemetry()
         # up() and down() take turns: a down() during an up() stops what that up() started,
         # and a second down() returns when the first has finished.
         self._lifecycle = asyncio.Lock()
@@ -257,13 +259,14 @@ class JobsD(Registrations):
                 schedules=self._schedules,
                 counters=self._counters,
                 on_chain_change=self._waiters.notify,
+                telemetry=self._telemetry,
             )
             await wrap_errors(runner.start(), "starting")
             stack.push_async_callback(self._stopped)
             stack.push_async_callback(runner.stop)
             self._runner = runner
             self._submitter = Submitter(
-                store, runner.dispatcher, self._clock, self._instance_id, self._schedules
+                store, runner.dispatcher, self._clock, self._instance_id, self._schedules, self._telemetry
             )
             self._exit_stack = stack.pop_all()
 

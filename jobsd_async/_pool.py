@@ -24,21 +24,25 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._attempt import Attempt, Ending
-from ._chain import Outcome, describe
+from ._chain import Outcome, describe, traceback_text
 from ._codec import encode_result
 from ._completer import Completer, Written
 from ._config import MAX_DURATION, Config
 from ._jobs import Job
 from ._store._instances import Counters
 from ._store._rows import RunRow
+from ._telemetry import Telemetry
+from ._telemetry import recording as recording_telemetry
 from ._text import MAX_ERROR_LENGTH, MAX_RESULT_LENGTH, storable
 
 _ABANDON_AFTER = 1.0  # seconds after its task cancel that a killed attempt is abandoned at shutdown
 _HAND_OVER_LATER = 5.0  # seconds before a run that could not be checked or handed back is due again
+_NOT_RECORDING = contextlib.nullcontext(None)
 
 LeaveForOthers = Callable[[Attempt, str], Awaitable[bool]]
 """Asked when a claimed row cannot run here; True if it was handed back for other instances."""
@@ -93,8 +97,10 @@ class WorkerPool:
         instance_id: int,
         on_slot_free: Callable[[], None],
         leave_for_others: LeaveForOthers,
+        telemetry: Telemetry,
     ) -> None:
         self._config = config
+        self._telemetry = telemetry
         self._jobs = jobs
         self._completer = completer
         self._counters = counters
@@ -221,20 +227,37 @@ class WorkerPool:
             return await self._cannot_run(attempt, describe(exc), None)
         self._log.debug("jobsd: run %s started", row.run_id, extra=self._with(attempt))
         info = attempt.info if contract.takes_run_info else None
-        try:
-            value = await contract.call(
-                info, attempt.args, attempt.kwargs, lambda call: self._run_sync(attempt, call)
-            )
-        except asyncio.CancelledError:
-            if attempt.ending is not None:
-                return None  # we cancelled it after its timeout, cancel or kill
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            return self._failed(attempt, asyncio.CancelledError("job raised CancelledError"))
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a job never ends the host
-            return self._failed(attempt, exc.raised if isinstance(exc, _RaisedInThread) else exc)
-        return Ending(Outcome.SUCCEEDED, result=self._result_text(attempt, value))
+        started = time.perf_counter()
+        error: BaseException | None = None
+        recording = recording_telemetry()
+        with self._telemetry.processing(row) if recording else _NOT_RECORDING as span:  # current in the job
+            try:
+                value = await contract.call(
+                    info, attempt.args, attempt.kwargs, lambda call: self._run_sync(attempt, call)
+                )
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if attempt.ending is None and task is not None and task.cancelling():
+                    raise
+                if attempt.ending is not None:
+                    ending = None  # we cancelled it after its timeout, cancel or kill
+                else:
+                    error = asyncio.CancelledError("job raised CancelledError")
+                    ending = self._failed(attempt, error)
+            except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a job never ends the host
+                error = exc.raised if isinstance(exc, _RaisedInThread) else exc
+                ending = self._failed(attempt, error)
+            else:
+                ending = Ending(Outcome.SUCCEEDED, result=self._result_text(attempt, value))
+            if recording:
+                final = ending or attempt.ending
+                outcome = final.outcome.value if final is not None else Outcome.KILLED.value
+                error_type = None
+                if outcome != Outcome.SUCCEEDED.value:
+                    error_type = type(error).__qualname__ if error is not None else outcome
+                elapsed = time.perf_counter() - started
+                self._telemetry.finished(span, row.job, outcome, error, error_type, elapsed)
+        return ending
 
     async def _cannot_run(self, attempt: Attempt, problem: str, kind: str | None) -> Ending | None:
         """A claimed row this instance cannot run: left to other instances, else rejected."""
@@ -261,12 +284,13 @@ class WorkerPool:
 
     def _failed(self, attempt: Attempt, exc: BaseException) -> Ending:
         text = Outcome.FAILED.error_text(exc)
+        stack = traceback_text(exc)
         message, args = "jobsd: run %s failed (attempt %d)", (attempt.row.run_id, attempt.row.run_total_count)
         try:
             self._log.error(message, *args, exc_info=exc, extra=self._with(attempt))
         except BaseException:  # formatting the traceback called a hostile __str__
             self._log.error(message + ": %s", *args, text, extra=self._with(attempt))
-        return Ending(Outcome.FAILED, text)
+        return Ending(Outcome.FAILED, text, traceback=stack)
 
     def _result_text(self, attempt: Attempt, value: object) -> str | None:
         try:

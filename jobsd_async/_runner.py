@@ -36,10 +36,11 @@ from ._lifeline import Lifeline
 from ._pool import WorkerPool
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
-from ._store import _migrations, _prune
+from ._store import _browse, _migrations, _prune
 from ._store._instances import Counters
 from ._store._rows import Store
 from ._supervisor import Loops, ticking
+from ._telemetry import Backlog, Telemetry
 
 
 class Runner:
@@ -56,6 +57,7 @@ class Runner:
         schedules: Mapping[str, ScheduleFunc],
         counters: Counters,
         on_chain_change: Callable[[Iterable[int]], None],
+        telemetry: Telemetry,
     ) -> None:
         self._config = config
         self._store = store
@@ -89,7 +91,12 @@ class Runner:
             instance_id=instance_id,
             on_slot_free=self.dispatcher.wake_for_slot,
             leave_for_others=self.dispatcher.leave_for_others,
+            telemetry=telemetry,
         )
+        self._telemetry = telemetry
+        self._backlog_key = (id(store.dialect.engine), store.tables.prefix)
+        self._counting: asyncio.Task[None] | None = None
+        self._backlog: Backlog | None = None
         self.dispatcher.pool = self.pool
         self._listen_engine: AsyncEngine | None = None  # ours, for ``listen=URL``
         engine = store.dialect.engine
@@ -148,12 +155,29 @@ class Runner:
                     "jobsd pruner", ticking(lambda: self._prune(retention), check, stopping), retry_max=check
                 )
             self.dispatcher.start()
+            self._backlog = Backlog(self._store.tables.prefix, asyncio.get_running_loop(), self._count)
+            self._telemetry.watch_backlog(self._backlog_key, self._backlog)
         except BaseException:
             await self.stop()
             raise
 
+    def _count(self) -> None:
+        """Refresh the backlog gauges (a metric reader asked), unless a refresh is under way."""
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.get_running_loop().create_task(self._count_backlog())
+
+    async def _count_backlog(self) -> None:
+        if self._backlog is None:
+            return
+        try:
+            async with self._store.dialect.reading() as conn:
+                self._backlog.by_job = await _browse.backlog_by_job(self._store, conn)
+        except Exception as exc:
+            self._log.warning("jobsd: counting the backlog for metrics failed: %s", exc, extra=self._extra)
+
     async def stop(self) -> None:
         """Stop claiming, drain running jobs (still beating), flush completions, beat the last time."""
+        self._telemetry.watch_backlog(self._backlog_key, None)
         # (At once: with a database that stopped answering, each waits for its loops in vain.)
         await asyncio.gather(self.dispatcher.stop(), self._tidying.stop())
         await self.pool.drain()

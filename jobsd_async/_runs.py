@@ -99,7 +99,10 @@ class RunInfo:
 
 @dataclass(slots=True)
 class RunState:
-    """A snapshot of the latest row of a run's chain; :meth:`refresh` reloads it."""
+    """A snapshot of the latest row of a run's chain; :meth:`refresh` reloads it.
+
+    ``traceback`` is the traceback of the latest attempt when it failed with an exception.
+    """
 
     run_id: int
     id: int
@@ -119,6 +122,7 @@ class RunState:
     result: Any
     created_at: datetime
     created_by: int
+    traceback: str | None = field(default=None, repr=False)
     _loader: Callable[[int], Awaitable[RunState]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -143,6 +147,7 @@ class RunState:
             result=result,
             created_at=row.created_at,
             created_by=row.created_by,
+            traceback=row.run_completed_traceback,
             _loader=loader,
         )
 

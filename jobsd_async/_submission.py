@@ -27,6 +27,7 @@ from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _claim, _create
 from ._store._dialect import wrap_errors
 from ._store._rows import Store
+from ._telemetry import Telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +39,22 @@ class Submitter:
     clock: DbClock
     instance_id: int
     schedules: Mapping[str, ScheduleFunc]
+    telemetry: Telemetry
 
     async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
         """Insert one chain (or find the active one with its unique name); return its run id."""
         values, due = self._first_row(job, request)
+        with self.telemetry.sending(job.name) as sending:
+            values["trace_context"] = sending.carrier()
+            run_id, inserted = await self._insert_one(job, request, values, due, conn)
+            sending.sent([run_id])
+        if inserted:
+            self.telemetry.created(job.name, 1)
+        return run_id
+
+    async def _insert_one(
+        self, job: Job[Any], request: RunRequest, values: dict[str, Any], due: datetime, conn: Conn | None
+    ) -> tuple[int, bool]:
         store = self.store
         if conn is None and await self._starts_here(job, request):
             # Shielded: once inserted, the row must reach its task even if our caller gives up
@@ -60,7 +73,7 @@ class Submitter:
             )
         if inserted:
             self._queue(job, conn, [(run_id, due)])
-        return run_id
+        return run_id, inserted
 
     async def _starts_here(self, job: Job[Any], request: RunRequest) -> bool:
         """Whether a run due now goes straight to a slot here (which is then reserved).
@@ -72,7 +85,7 @@ class Submitter:
         due_now = request.at is None and not request.delay and request.schedule is None
         return due_now and self.store.dialect.direct_start and await self.dispatcher.reserve(job.name)
 
-    async def _insert_and_start(self, values: dict[str, Any]) -> int:
+    async def _insert_and_start(self, values: dict[str, Any]) -> tuple[int, bool]:
         store, dispatcher = self.store, self.dispatcher
         try:
             row, run_id = await wrap_errors(
@@ -86,14 +99,15 @@ class Submitter:
             raise
         if row is None:
             dispatcher.unreserve()  # the unique name is taken: nothing was inserted
-        elif not dispatcher.start_claimed(row):  # the instance went down meanwhile
+            return run_id, False
+        if not dispatcher.start_claimed(row):  # the instance went down meanwhile
             await wrap_errors(
                 store.dialect.retrying(
                     lambda c: _claim.hand_back(store, c, row.id, instance_id=self.instance_id, delay=0.0)
                 ),
                 "handing a run back",
             )
-        return run_id
+        return run_id, True
 
     async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:
         """Insert one-off chains in one multi-row insert; all or nothing."""
@@ -102,15 +116,20 @@ class Submitter:
             return []
         store = self.store
         values = [v for v, _ in rows]
-        if conn is None:
-            ids = await wrap_errors(
-                store.dialect.retrying(lambda c: _create.insert_many(store, c, values)), "creating runs"
-            )
-        else:
-            connection = await _connection(conn)
-            ids = await wrap_errors(
-                _create.insert_many(store, connection, values), "creating runs in the caller's transaction"
-            )
+        with self.telemetry.sending(job.name, len(values)) as sending:
+            for row in values:
+                row["trace_context"] = sending.carrier()
+            if conn is None:
+                ids = await wrap_errors(
+                    store.dialect.retrying(lambda c: _create.insert_many(store, c, values)), "creating runs"
+                )
+            else:
+                connection = await _connection(conn)
+                ids = await wrap_errors(
+                    _create.insert_many(store, connection, values),
+                    "creating runs in the caller's transaction",
+                )
+        self.telemetry.created(job.name, len(ids))
         self._queue(job, conn, [(run_id, due) for run_id, (_, due) in zip(ids, rows, strict=True)])
         return ids
 

@@ -11,6 +11,7 @@ import re
 
 MAX_ERROR_LENGTH = 16_384  # characters of run_completed_error
 MAX_RESULT_LENGTH = 4 * 1024 * 1024  # characters of a result's JSON (run_result)
+MAX_TRACEBACK_LENGTH = 32_768  # characters of run_completed_traceback
 REPLACEMENT = "\ufffd"
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

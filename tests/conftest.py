@@ -86,7 +86,7 @@ async def engine(backend: str, database_url: str) -> AsyncIterator[AsyncEngine]:
                 pytest.fail(f"CI=true and {problem}")
             pytest.skip(problem)
     engine = (
-        create_async_engine(url, pool_size=20, max_overflow=20)
+        create_async_engine(url, pool_size=10, max_overflow=20)
         if backend != "sqlite"
         else (create_async_engine(url))
     )

@@ -84,6 +84,15 @@ async def chain_rows(store: Store, conn: AsyncConnection, run_id: int) -> list[R
     return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
 
 
+@dataclass(slots=True)
+class JobBacklog:
+    """Cluster-wide counts for one job (the metrics' gauges)."""
+
+    pending: int = 0
+    running: int = 0
+    oldest_due_age: float = 0.0  # seconds since the oldest pending run was due (0: none)
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceRecord:
     """A row of ``{prefix}instances``, with whether the timeout check takes it for alive."""
@@ -161,3 +170,30 @@ async def database_now(store: Store, conn: AsyncConnection) -> datetime:
     value = (await conn.execute(select(store.dialect.now()))).scalar_one()
     assert isinstance(value, datetime)
     return value
+
+
+async def backlog_by_job(store: Store, conn: AsyncConnection) -> dict[str, JobBacklog]:
+    """Pending and running runs by job, and the age of each job's oldest due pending run.
+
+    Two reads that follow the pending and the running partial indexes (PostgreSQL, SQLite):
+    finished history is never scanned.
+    """
+    runs = store.runs
+    now = await database_now(store, conn)
+    pending = await conn.execute(
+        select(runs.c.job, func.count(), func.min(runs.c.run_at))
+        .where(status_condition(store, RunStatus.PENDING))
+        .group_by(runs.c.job)
+    )
+    backlog: dict[str, JobBacklog] = {}
+    for job, count, oldest in pending:
+        due_for = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        backlog[str(job)] = JobBacklog(pending=int(count), oldest_due_age=due_for)
+    running = await conn.execute(
+        select(runs.c.job, func.count())
+        .where(status_condition(store, RunStatus.RUNNING))
+        .group_by(runs.c.job)
+    )
+    for job, count in running:
+        backlog.setdefault(str(job), JobBacklog()).running = int(count)
+    return backlog

@@ -44,6 +44,7 @@ class Closing:
     error: str | None
     result: str | None
     success: bool
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ async def _close_in_one_statement(
             "owners": [i.owner_id for i in items],
             "errors": [i.closing.error for i in items],
             "results": [i.closing.result for i in items],
+            "tracebacks": [i.closing.traceback for i in items],
             "successes": [1 if i.closing.success else 0 for i in items],
         },
     )
@@ -134,6 +136,7 @@ def _close_statement(store: Store) -> Executable:
             bindparam("owners", type_=postgresql.ARRAY(BigInteger)),
             bindparam("errors", type_=postgresql.ARRAY(Text)),
             bindparam("results", type_=postgresql.ARRAY(Text)),
+            bindparam("tracebacks", type_=postgresql.ARRAY(Text)),
             bindparam("successes", type_=postgresql.ARRAY(Integer)),
         )
         .table_valued(
@@ -141,6 +144,7 @@ def _close_statement(store: Store) -> Executable:
             column("owner", BigInteger),
             column("error", Text),
             column("result", Text),
+            column("traceback", Text),
             column("success", Integer),
             name="batch",
         )
@@ -157,6 +161,7 @@ def _close_statement(store: Store) -> Executable:
         .values(
             run_completed_at=store.dialect.now(),
             run_completed_error=case((flagged, literal(CANCELLED_TEXT)), else_=batch.c.error),
+            run_completed_traceback=case((flagged, null()), else_=batch.c.traceback),
             run_result=case((flagged, null()), else_=batch.c.result),
             name_active=None,
             run_success_count=runs.c.run_success_count + case((flagged, 0), else_=batch.c.success),
@@ -190,7 +195,13 @@ async def _lock_then_close(
     if alike:
         stmt = store.statement("close alike", lambda: _close_alike_statement(store))
         for how, ids in alike.items():
-            params = {"ids": ids, "error": how.error, "result": how.result, "success": int(how.success)}
+            params = {
+                "ids": ids,
+                "error": how.error,
+                "result": how.result,
+                "traceback": how.traceback,
+                "success": int(how.success),
+            }
             await conn.execute(stmt, params)
     if cancelled:
         now = store.dialect.now()
@@ -210,6 +221,7 @@ def _close_alike_statement(store: Store) -> Executable:
         .values(
             run_completed_at=store.dialect.now(),
             run_completed_error=bindparam("error", type_=Text),
+            run_completed_traceback=bindparam("traceback", type_=Text),
             run_result=bindparam("result", type_=Text),
             name_active=None,
             run_success_count=runs.c.run_success_count + bindparam("success", type_=Integer),
@@ -243,4 +255,5 @@ def follow_up_values(
         "schedule": row.schedule,
         "created_at": now,
         "created_by": instance_id,
+        "trace_context": row.trace_context,  # the chain keeps its trace
     }

@@ -231,6 +231,7 @@ def first_row_values(
     retries_on_timeout_limit: int | None,
     retry_backoff: Backoff | None,
     schedule: str | None,
+    trace_context: str | None = None,
 ) -> dict[str, Any]:
     return {
         "origin_id": None,
@@ -255,4 +256,5 @@ def first_row_values(
         "schedule": schedule,
         "created_at": created_at,
         "created_by": instance_id,
+        "trace_context": trace_context,
     }

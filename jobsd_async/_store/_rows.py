@@ -89,6 +89,8 @@ class RunRow:
     cancel_requested_at: datetime | None
     created_at: datetime
     created_by: int
+    trace_context: str | None
+    run_completed_traceback: str | None
 
     @property
     def run_id(self) -> int:

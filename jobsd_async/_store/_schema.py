@@ -76,7 +76,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version these definitions build by default (see ``_migrations``)."""
 
 
@@ -195,6 +195,14 @@ def build_tables(prefix: str, *, flavor: str | None = None, version: int | None 
         Column("cancel_requested_at", UTCDateTime, nullable=True),
         Column("created_at", UTCDateTime, nullable=False),
         Column("created_by", BigInteger, nullable=False),
+        # Columns added by migrations go last, where ALTER TABLE ... ADD COLUMN puts them.
+        *since(
+            at,
+            # The creator's trace context (W3C traceparent/tracestate as JSON), kept by the chain.
+            (4, Column("trace_context", _TEXT, nullable=True)),
+            # The traceback of a failed attempt (bounded).
+            (4, Column("run_completed_traceback", _TEXT, nullable=True)),
+        ),
         *_run_indexes(runs_name),
         **options,
     )

@@ -129,6 +129,8 @@ def show_run(app: str | None, url: str | None, table_prefix: str, run_id: int, a
         ]
         for label, value in fields:
             click.echo(f"{label + ':':<11}{value}")
+        if s.traceback:
+            click.echo("\n" + s.traceback.rstrip())
         click.echo()
         print_table(
             ["ROW", "DUE", "STARTED", "BY", "FINISHED", "OUTCOME"],
