@@ -24,6 +24,7 @@ from ._errors import (
 from ._jobs import Args, Job
 from ._jobsd import JobsD
 from ._logs import JsonFormatter
+from ._retry import Retry, RetryIf
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
 from ._worker import run_worker
@@ -44,6 +45,8 @@ __all__ = (
     "JobsDError",
     "JobsDStateError",
     "JsonFormatter",
+    "Retry",
+    "RetryIf",
     "RunCreator",
     "RunInfo",
     "RunKilledError",

@@ -14,21 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._chain import Outcome
-from ._codec import decode_args
 from ._jobs import JobFunc
-from ._runs import RunInfo
+from ._runs import ProgressSink, RunInfo
 from ._store._rows import RunRow
 
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """How an attempt ended; ``retry_after`` (seconds) delays its follow-up, if it has one."""
+    """How an attempt ended; ``retry_after`` (seconds) delays its follow-up, if it has one,
+    and a failure with ``retry`` False is not retried (its retry policy said so)."""
 
     outcome: Outcome
     error: str | None = None
     result: str | None = None
     retry_after: float | None = None
     traceback: str | None = None
+    retry: bool = True
 
     @classmethod
     def of(cls, outcome: Outcome) -> Ending:
@@ -39,7 +40,18 @@ class Ending:
 class Attempt:
     """A claimed row being executed here."""
 
-    __slots__ = ("_info", "args", "contract", "ending", "holders", "kwargs", "row", "task")
+    __slots__ = (
+        "_info",
+        "args",
+        "contract",
+        "ending",
+        "holders",
+        "kwargs",
+        "misfits",
+        "progress",
+        "row",
+        "task",
+    )
 
     def __init__(self, row: RunRow, contract: JobFunc | None) -> None:
         assert row.run_started_at is not None and row.run_started_by is not None
@@ -47,14 +59,19 @@ class Attempt:
         self.contract = contract  # None: the job is not registered here (see WorkerPool)
         self.args: tuple[Any, ...] = ()
         self.kwargs: dict[str, Any] = {}
+        self.misfits: list[str] = []  # stored arguments passed as JSON: they fit no annotation
         self.ending: Ending | None = None
         self.task: asyncio.Task[None] | None = None
         self.holders = 0  # the task, and the thread of a sync job, each hold the slot
         self._info: RunInfo | None = None  # built only for jobs that take it
+        self.progress: ProgressSink | None = None  # where its RunInfo's progress reports go
 
     def decode(self) -> None:
-        """Decode the stored arguments; raises ValueError (or RecursionError) if they are unusable."""
-        self.args, self.kwargs = decode_args(self.row.job_args, self.row.job_kwargs)
+        """Decode the stored arguments; raises ValueError (or RecursionError) if they are not JSON."""
+        assert self.contract is not None
+        self.args, self.kwargs = self.contract.codec.decode(
+            self.row.job_args, self.row.job_kwargs, self.misfits.append
+        )
 
     @property
     def info(self) -> RunInfo:
@@ -86,6 +103,7 @@ class Attempt:
                 created_at=row.created_at,
                 created_by=row.created_by,
                 cancel=asyncio.Event(),
+                _progress=self.progress,
             )
             if self.ending is not None and self.ending.outcome.stops_the_job:
                 self._info.cancel.set()

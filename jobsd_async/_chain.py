@@ -96,13 +96,19 @@ def _under(limit: int | None, count: int) -> bool:
 
 
 def plan_follow_up(
-    row: RunRow, outcome: Outcome, next_tick: Callable[[], datetime], now: Callable[[], datetime]
+    row: RunRow,
+    outcome: Outcome,
+    next_tick: Callable[[], datetime],
+    now: Callable[[], datetime],
+    *,
+    retry: bool = True,
 ) -> FollowUp | None:
     """The follow-up of ``row`` after ``outcome``.
 
     ``next_tick()`` gives the schedule's next time and ``now()`` the database clock.  A retry
     of a scheduled run is due at the next tick; of a one-off run at once, or after the
-    row's backoff.
+    row's backoff.  A failure with ``retry`` False (its retry policy) gets no retry: a
+    scheduled chain goes on at its next tick, a one-off run ends.
     """
 
     def retry_due(retry: int) -> datetime | None:
@@ -123,7 +129,7 @@ def plan_follow_up(
     if outcome is Outcome.KILLED:
         # A kill at shutdown is not the job's fault: re-run this attempt, consuming nothing.
         return FollowUp(None, successes, error_count, timeout_count, rescheduled=False)
-    if outcome is Outcome.FAILED and _under(row.retries_on_error_limit, error_count):
+    if outcome is Outcome.FAILED and retry and _under(row.retries_on_error_limit, error_count):
         return FollowUp(retry_due(error_count + 1), successes, error_count + 1, timeout_count, False)
     if outcome is Outcome.TIMED_OUT and _under(row.retries_on_timeout_limit, timeout_count):
         return FollowUp(retry_due(timeout_count + 1), successes, error_count, timeout_count + 1, False)

@@ -290,8 +290,8 @@ class Completer:
             return next_tick(row.schedule, func, self._clock.now())
 
         try:
-            follow_up = plan_follow_up(row, ending.outcome, tick, self._clock.now)
-            if follow_up is not None and ending.retry_after is not None:
+            follow_up = plan_follow_up(row, ending.outcome, tick, self._clock.now, retry=ending.retry)
+            if follow_up is not None and ending.retry_after is not None and not follow_up.rescheduled:
                 due = self._clock.now() + timedelta(seconds=min(ending.retry_after, MAX_DURATION))
                 follow_up = dataclasses.replace(follow_up, run_at=due)
             return follow_up

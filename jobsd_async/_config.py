@@ -220,11 +220,33 @@ def to_backoff(name: str, value: object) -> Backoff | None:
     return Backoff(seconds) if seconds else None
 
 
+def exception_name(cls: type) -> str:
+    """How a retry policy names an exception class: ``module.qualname``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def to_exception_names(name: str, value: object) -> tuple[str, ...] | None:
+    """The names of an exception class, or of a tuple/list of them; None stays None."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple | set | frozenset) else (value,)
+    names = []
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"{name} takes exception classes, got {item!r}")
+        names.append(exception_name(item))
+    if not names:
+        raise ValueError(f"{name} needs at least one exception class, got {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
 _OPTION_PARSERS: dict[str, Callable[[str, object], object]] = {
     "run_timeout": to_run_timeout,
     "retries_error_limit": to_retry_limit,
     "retries_timeout_limit": to_retry_limit,
     "retry_backoff": to_backoff,
+    "retry_on": to_exception_names,
+    "no_retry_on": to_exception_names,
 }
 
 
@@ -236,6 +258,8 @@ class RunOptions:
     retries_error_limit: int | _Unset | None = UNSET
     retries_timeout_limit: int | _Unset | None = UNSET
     retry_backoff: Backoff | _Unset | None = UNSET
+    retry_on: tuple[str, ...] | _Unset | None = UNSET  # exception names; None: any
+    no_retry_on: tuple[str, ...] | _Unset | None = UNSET
 
     @classmethod
     def parse(cls, **values: object) -> RunOptions:
@@ -276,7 +300,12 @@ class Config:
     @property
     def run_defaults(self) -> RunOptions:
         return RunOptions(
-            self.run_timeout, self.retries_error_limit, self.retries_timeout_limit, self.retry_backoff
+            self.run_timeout,
+            self.retries_error_limit,
+            self.retries_timeout_limit,
+            self.retry_backoff,
+            retry_on=None,
+            no_retry_on=None,
         )
 
 

@@ -86,6 +86,16 @@ class RunCreator:
         """Wait before retries (a base duration or a Backoff; None: at once), overriding the job's."""
         return self._option(retry_backoff=backoff)
 
+    def retry_on(self, *exceptions: type[BaseException]) -> Self:
+        """Retry failures only for these exception classes (and subclasses), overriding the
+        job's; with none, for any exception."""
+        return self._option(retry_on=exceptions or None)
+
+    def no_retry_on(self, *exceptions: type[BaseException]) -> Self:
+        """Never retry failures for these exception classes (and subclasses), overriding the
+        job's; with none, no exception is excluded."""
+        return self._option(no_retry_on=exceptions or None)
+
     def _option(self, **value: object) -> Self:
         options = RunOptions.parse(**value).over(self._request.options)
         self._request = replace(self._request, options=options)

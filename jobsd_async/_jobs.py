@@ -2,8 +2,9 @@
 
 A job function is a plain or coroutine function.  When its first parameter is annotated
 ``RunInfo`` (also as the string ``"RunInfo"``) it receives the attempt's :class:`RunInfo`
-first.  Arguments must bind to the rest of its signature and survive a JSON round trip,
-because every instance reads them back from the database.
+first.  Arguments must bind to the rest of its signature and have a JSON form that converts
+back into their annotations (see ``_codec``), because every instance reads them back from
+the database.
 """
 
 from __future__ import annotations
@@ -13,29 +14,37 @@ import functools
 import hashlib
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol
 
-from ._config import Backoff, RunOptions
-from ._errors import InvalidJobFuncError, JobArgsMismatchError
-from ._runs import RunInfo
+from typing_extensions import TypeVar
+
+from ._codec import ArgsCodec
+from ._config import Backoff, Duration, RunOptions
+from ._errors import InvalidJobFuncError, JobArgsMismatchError, RunNotFoundError
+from ._retry import RetryIf
+from ._runs import RunInfo, RunState
 
 if TYPE_CHECKING:
-    from ._creator import RunCreator
+    from ._creator import Conn, RunCreator
 
 __all__ = ("Args", "Job")
 
 P = ParamSpec("P")
+R = TypeVar("R", default=Any)
 
 
 class Args:
-    """Positional and keyword arguments of one run, for :meth:`JobsD.create_runs`."""
+    """Positional and keyword arguments of one run, for :meth:`JobsD.create_runs`.
+
+    ``job.args(...)`` builds one type-checked against the job's parameters.
+    """
 
     __slots__ = ("args", "kwargs")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.kwargs = kwargs
+        self.args: tuple[Any, ...] = args
+        self.kwargs: dict[str, Any] = kwargs
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -59,7 +68,7 @@ def _is_run_info_annotation(annotation: object) -> bool:
 class JobFunc:
     """The contract of one job function: how to call it and how to check its arguments."""
 
-    __slots__ = ("func", "is_async", "signature", "takes_run_info")
+    __slots__ = ("codec", "func", "is_async", "signature", "takes_run_info")
 
     def __init__(self, name: str, func: object) -> None:
         if isinstance(func, Job):
@@ -87,6 +96,7 @@ class JobFunc:
         if self.takes_run_info:
             signature = signature.replace(parameters=params[1:])
         self.signature = signature
+        self.codec = ArgsCodec(name, func, signature)
 
     @staticmethod
     def _first_is_run_info(func: object, param: inspect.Parameter) -> bool:
@@ -142,26 +152,43 @@ class JobFunc:
         return hashlib.blake2b(str(self.signature).encode("utf-8", "replace"), digest_size=6).hexdigest()
 
 
-class Job(Generic[P]):
-    """A registered job.  ``job.create_run(...)`` is type-checked against the function.
+class JobOwner(Protocol):
+    """The JobsD a job is registered with, as its Job handle uses it."""
 
-    Calling the job calls the function directly, which is handy in tests.
+    def create_run(self, job: Any, /, *args: Any, **kwargs: Any) -> RunCreator: ...
+
+    async def create_runs(self, job: Any, items: Any, *, conn: Conn | None = None) -> list[int]: ...
+
+    async def get_run_state(self, run_id: int) -> RunState[Any]: ...
+
+    async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState[Any]: ...
+
+
+class Job(Generic[P, R]):
+    """A registered job, generic over its function's parameters ``P`` and result ``R``.
+
+    ``job.create_run(...)`` and ``job.args(...)`` are type-checked against the function's
+    parameters; ``job.get_run_state``/``job.wait_for_run`` return a ``RunState[R]`` whose
+    ``result`` has the function's return type.  Calling the job calls the function
+    directly, which is handy in tests.
     """
 
-    __slots__ = ("_contract", "_create_run", "func", "name", "options")
+    __slots__ = ("_contract", "_owner", "func", "name", "options", "retry_if")
 
     def __init__(
         self,
         name: str,
         func: Callable[..., Any],
         options: RunOptions,
-        create_run: Callable[..., RunCreator],
+        owner: JobOwner,
+        retry_if: RetryIf | None = None,
     ) -> None:
         self._contract = JobFunc(name, func)
         self.name = name
         self.func = func
         self.options = options
-        self._create_run = create_run
+        self.retry_if = retry_if
+        self._owner = owner
 
     @property
     def run_timeout(self) -> float | None:
@@ -187,9 +214,45 @@ class Job(Generic[P]):
     def contract(self) -> JobFunc:
         return self._contract
 
+    @property
+    def retry_on(self) -> tuple[str, ...] | None:
+        """Names of the exceptions retried (None: any), after instance defaults."""
+        return self.options.retry_on  # type: ignore[return-value]
+
+    @property
+    def no_retry_on(self) -> tuple[str, ...] | None:
+        """Names of the exceptions never retried (None: none), after instance defaults."""
+        return self.options.no_retry_on  # type: ignore[return-value]
+
     def create_run(self, *args: P.args, **kwargs: P.kwargs) -> RunCreator:
         """Start building a run of this job; the same as ``jd.create_run(job, ...)``."""
-        return self._create_run(self, *args, **kwargs)
+        return self._owner.create_run(self, *args, **kwargs)
+
+    def args(self, *args: P.args, **kwargs: P.kwargs) -> Args:
+        """The arguments of one run for :meth:`create_runs`, type-checked against the job."""
+        return Args(*args, **kwargs)
+
+    async def create_runs(
+        self, items: Iterable[Args | tuple[Any, ...]], *, conn: Conn | None = None
+    ) -> list[int]:
+        """Many one-off runs of this job in one insert; see :meth:`JobsD.create_runs`."""
+        return await self._owner.create_runs(self, items, conn=conn)
+
+    async def get_run_state(self, run_id: int) -> RunState[R]:
+        """The state of a run of this job, its ``result`` typed as the function returns it.
+
+        Raises RunNotFoundError if there is no such run, or it is a run of another job.
+        """
+        return self._own(await self._owner.get_run_state(run_id))
+
+    async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState[R]:
+        """Wait for a run of this job to finish; see :meth:`JobsD.wait_for_run`."""
+        return self._own(await self._owner.wait_for_run(run_id, timeout))
+
+    def _own(self, state: RunState[Any]) -> RunState[R]:
+        if state.job != self.name:
+            raise RunNotFoundError(f"run {state.run_id} is a run of job {state.job!r}, not of {self.name!r}")
+        return state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)

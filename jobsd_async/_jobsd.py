@@ -393,7 +393,7 @@ class JobsD(Registrations):
     # ------------------------------------------------------------------ runs
 
     @overload
-    def create_run(self, job: Job[P], /, *args: P.args, **kwargs: P.kwargs) -> RunCreator: ...
+    def create_run(self, job: Job[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> RunCreator: ...
 
     @overload
     def create_run(self, job: str, /, *args: Any, **kwargs: Any) -> RunCreator: ...
@@ -415,7 +415,7 @@ class JobsD(Registrations):
 
     @overload
     async def create_runs(
-        self, job: Job[P], items: Iterable[tuple[Any, ...] | Args], *, conn: Conn | None = None
+        self, job: Job[P, Any], items: Iterable[tuple[Any, ...] | Args], *, conn: Conn | None = None
     ) -> list[int]: ...
 
     @overload
@@ -428,8 +428,9 @@ class JobsD(Registrations):
     ) -> list[int]:
         """Create many one-off runs of ``job`` in one multi-row insert; returns their run ids.
 
-        Each item is a tuple of positional arguments or an ``Args(*args, **kwargs)``.  Every
-        item is validated like ``create_run`` before anything is written: all or nothing.
+        Each item is a tuple of positional arguments or an ``Args(*args, **kwargs)``;
+        ``job.args(...)`` builds an ``Args`` type-checked against the job's parameters.
+        Every item is validated like ``create_run`` before anything is written: all or nothing.
         """
         submitter = self._require_started()
         resolved = self._resolve_job(job)
@@ -443,8 +444,12 @@ class JobsD(Registrations):
                 raise TypeError(f"each item must be a tuple of arguments or an Args, got {item!r}")
         return await submitter.many(resolved, requests, conn)
 
-    async def get_run_state(self, run_id: int) -> RunState:
-        """The state of the run's chain (its latest row); raises RunNotFoundError."""
+    async def get_run_state(self, run_id: int) -> RunState[Any]:
+        """The state of the run's chain (its latest row); raises RunNotFoundError.
+
+        Its ``result`` is converted to the job function's return annotation when the job is
+        registered here (``job.get_run_state`` types it too).
+        """
         store = self._require_store()
         row = await wrap_errors(self._latest(store, _run_id(run_id)), "reading a run")
         if row is None:
@@ -457,9 +462,13 @@ class JobsD(Registrations):
         async with store.dialect.reading() as conn:
             return await _read.latest_of_chain(store, conn, run_id)
 
-    def _state_of(self, row: RunRow) -> RunState:
+    def _state_of(self, row: RunRow) -> RunState[Any]:
+        job = self._jobs.get(row.job)
         try:
-            result = decode_result(row.run_result)
+            if job is None:
+                result = decode_result(row.run_result)
+            else:
+                result = job.contract.codec.decode_result(row.run_result)
         except Exception as exc:  # written by something other than jobsd_async
             raise StoreError(f"the stored result of run {row.run_id} cannot be decoded: {exc!r}") from exc
         return RunState.of_row(row, result, loader=self.get_run_state)
@@ -503,7 +512,7 @@ class JobsD(Registrations):
         assert seconds is not None
         return await wrap_errors(_prune.prune(store, older_than=seconds), "pruning")
 
-    async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState:
+    async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState[Any]:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""
         run_id = _run_id(run_id)
         seconds = to_seconds("timeout", timeout, allow_none=True)

@@ -30,12 +30,13 @@ from typing import Any
 
 from ._attempt import Attempt, Ending
 from ._chain import Outcome, describe, traceback_text
-from ._codec import encode_result
 from ._completer import Completer, Written
 from ._config import MAX_DURATION, Config
 from ._jobs import Job
+from ._progress import Progress
+from ._retry import Retry, RetryPolicy
 from ._store._instances import Counters
-from ._store._rows import RunRow
+from ._store._rows import RunRow, Store
 from ._telemetry import Telemetry
 from ._telemetry import recording as recording_telemetry
 from ._text import MAX_ERROR_LENGTH, MAX_RESULT_LENGTH, storable
@@ -91,6 +92,7 @@ class WorkerPool:
         self,
         *,
         config: Config,
+        store: Store,
         jobs: Mapping[str, Job[Any]],
         completer: Completer,
         counters: Counters,
@@ -100,6 +102,7 @@ class WorkerPool:
         telemetry: Telemetry,
     ) -> None:
         self._config = config
+        self._store = store
         self._telemetry = telemetry
         self._jobs = jobs
         self._completer = completer
@@ -225,8 +228,13 @@ class WorkerPool:
             contract.check_args(row.job, attempt.args, attempt.kwargs)
         except Exception as exc:
             return await self._cannot_run(attempt, describe(exc), None)
+        for misfit in attempt.misfits:
+            self._log.warning("jobsd: run %s: %s", row.run_id, misfit, extra=self._with(attempt))
         self._log.debug("jobsd: run %s started", row.run_id, extra=self._with(attempt))
-        info = attempt.info if contract.takes_run_info else None
+        info = None
+        if contract.takes_run_info:
+            attempt.progress = Progress(self._store, row, self._id, self._log)
+            info = attempt.info
         started = time.perf_counter()
         error: BaseException | None = None
         recording = recording_telemetry()
@@ -248,7 +256,7 @@ class WorkerPool:
                 error = exc.raised if isinstance(exc, _RaisedInThread) else exc
                 ending = self._failed(attempt, error)
             else:
-                ending = Ending(Outcome.SUCCEEDED, result=self._result_text(attempt, value))
+                ending = self._succeeded(attempt, value)
             if recording:
                 final = ending or attempt.ending
                 outcome = final.outcome.value if final is not None else Outcome.KILLED.value
@@ -285,29 +293,66 @@ class WorkerPool:
     def _failed(self, attempt: Attempt, exc: BaseException) -> Ending:
         text = Outcome.FAILED.error_text(exc)
         stack = traceback_text(exc)
-        message, args = "jobsd: run %s failed (attempt %d)", (attempt.row.run_id, attempt.row.run_total_count)
+        row = attempt.row
+        if isinstance(exc, Retry):
+            self._log.info(
+                "jobsd: run %s asks to be retried%s: %s",
+                row.run_id,
+                "" if exc.after is None else f" in {exc.after:g} s",
+                text,
+                extra=self._with(attempt),
+            )
+            return Ending(Outcome.FAILED, text, traceback=stack, retry_after=exc.after)
+        retry = self._retries(attempt, exc)
+        message = "jobsd: run %s failed (attempt %d)" + ("" if retry else "; its retry policy says no retry")
+        args = (row.run_id, row.run_total_count)
         try:
             self._log.error(message, *args, exc_info=exc, extra=self._with(attempt))
         except BaseException:  # formatting the traceback called a hostile __str__
             self._log.error(message + ": %s", *args, text, extra=self._with(attempt))
-        return Ending(Outcome.FAILED, text, traceback=stack)
+        return Ending(Outcome.FAILED, text, traceback=stack, retry=retry)
 
-    def _result_text(self, attempt: Attempt, value: object) -> str | None:
+    def _retries(self, attempt: Attempt, exc: BaseException) -> bool:
+        """Whether the failure ``exc`` is retried: the row's policy, else the job's ``retry_if``."""
+        policy = RetryPolicy.from_json(attempt.row.retry_policy)
+        if policy is not None:
+            return policy.retries(exc)
+        job = self._jobs.get(attempt.row.job)
+        if job is None or job.retry_if is None:
+            return True
         try:
-            text = encode_result(value)
+            return bool(job.retry_if(exc))
+        except Exception as problem:
+            self._log.error(
+                "jobsd: run %s: retry_if of job %r raised %s; retrying",
+                attempt.row.run_id,
+                attempt.row.job,
+                describe(problem),
+                extra=self._with(attempt),
+            )
+            return True
+
+    def _succeeded(self, attempt: Attempt, value: object) -> Ending:
+        """A returned value: success with its JSON, or a failure (never retried) if it has none."""
+        assert attempt.contract is not None
+        try:
+            text = attempt.contract.codec.encode_result(value)
         except Exception as exc:  # not JSON, or nested too deep to encode
             problem = describe(exc)
         else:
             if text is None or len(text) <= MAX_RESULT_LENGTH:
-                return text
-            problem = f"{len(text)} characters of JSON, more than the {MAX_RESULT_LENGTH} stored"
-        self._log.warning(
-            "jobsd: result of run %s is not JSON-serializable or too large to store; stored as None: %s",
+                return Ending(Outcome.SUCCEEDED, result=text)
+            problem = (
+                f"ResultError: the result of job {attempt.row.job!r} is {len(text)} characters of JSON, "
+                f"more than the {MAX_RESULT_LENGTH} stored"
+            )
+        self._log.error(
+            "jobsd: run %s failed: its result cannot be stored (not retried): %s",
             attempt.row.run_id,
             problem,
             extra=self._with(attempt),
         )
-        return None
+        return Ending(Outcome.FAILED, storable(problem, MAX_ERROR_LENGTH), retry=False)
 
     def _with(self, attempt: Attempt) -> dict[str, Any]:
         return {**self._extra, **attempt.log_extra}

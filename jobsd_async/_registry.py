@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, overload
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeAlias, TypeVar, overload
 
 from ._config import UNSET, Backoff, Config, Duration, RunOptions, check_name
 from ._errors import InvalidJobFuncError
-from ._jobs import Job
+from ._jobs import Job, JobOwner
+from ._retry import RetryIf
 from ._runs import RunInfo
 from ._schedules import BUILTIN_PREFIXES, ScheduleFunc
 
-if TYPE_CHECKING:
-    from ._creator import RunCreator
-
 P = ParamSpec("P")
+R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+
+Exceptions: TypeAlias = type[BaseException] | tuple[type[BaseException], ...]
+"""An exception class, or a tuple of them (as ``except`` takes)."""
 
 
 class _JobDecorator(Protocol):
     @overload
-    def __call__(self, func: Callable[Concatenate[RunInfo, P], Any], /) -> Job[P]: ...
+    def __call__(self, func: Callable[Concatenate[RunInfo, P], Coroutine[Any, Any, R]], /) -> Job[P, R]: ...
 
     @overload
-    def __call__(self, func: Callable[P, Any], /) -> Job[P]: ...
+    def __call__(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> Job[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[Concatenate[RunInfo, P], R], /) -> Job[P, R]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Job[P, R]: ...
 
 
 class Registrations:
@@ -33,31 +41,66 @@ class Registrations:
     _jobs: dict[str, Job[Any]]
     _schedules: dict[str, ScheduleFunc]
     _require_registering: Callable[[str], None]
-    create_run: Callable[..., RunCreator]
 
     @overload
     def register_job(
         self,
         name: str,
-        func: Callable[Concatenate[RunInfo, P], Any],
+        func: Callable[Concatenate[RunInfo, P], Coroutine[Any, Any, R]],
         *,
         run_timeout: Duration | None = ...,
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
         retry_backoff: Duration | Backoff | None = ...,
-    ) -> Job[P]: ...
+        retry_on: Exceptions | None = ...,
+        no_retry_on: Exceptions | None = ...,
+        retry_if: RetryIf | None = ...,
+    ) -> Job[P, R]: ...
 
     @overload
     def register_job(
         self,
         name: str,
-        func: Callable[P, Any],
+        func: Callable[P, Coroutine[Any, Any, R]],
         *,
         run_timeout: Duration | None = ...,
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
         retry_backoff: Duration | Backoff | None = ...,
-    ) -> Job[P]: ...
+        retry_on: Exceptions | None = ...,
+        no_retry_on: Exceptions | None = ...,
+        retry_if: RetryIf | None = ...,
+    ) -> Job[P, R]: ...
+
+    @overload
+    def register_job(
+        self,
+        name: str,
+        func: Callable[Concatenate[RunInfo, P], R],
+        *,
+        run_timeout: Duration | None = ...,
+        retries_error_limit: int | None = ...,
+        retries_timeout_limit: int | None = ...,
+        retry_backoff: Duration | Backoff | None = ...,
+        retry_on: Exceptions | None = ...,
+        no_retry_on: Exceptions | None = ...,
+        retry_if: RetryIf | None = ...,
+    ) -> Job[P, R]: ...
+
+    @overload
+    def register_job(
+        self,
+        name: str,
+        func: Callable[P, R],
+        *,
+        run_timeout: Duration | None = ...,
+        retries_error_limit: int | None = ...,
+        retries_timeout_limit: int | None = ...,
+        retry_backoff: Duration | Backoff | None = ...,
+        retry_on: Exceptions | None = ...,
+        no_retry_on: Exceptions | None = ...,
+        retry_if: RetryIf | None = ...,
+    ) -> Job[P, R]: ...
 
     def register_job(
         self,
@@ -68,11 +111,16 @@ class Registrations:
         retries_error_limit: int | None = UNSET,  # type: ignore[assignment]
         retries_timeout_limit: int | None = UNSET,  # type: ignore[assignment]
         retry_backoff: Duration | Backoff | None = UNSET,  # type: ignore[assignment]
-    ) -> Job[Any]:
+        retry_on: Exceptions | None = UNSET,  # type: ignore[assignment]
+        no_retry_on: Exceptions | None = UNSET,  # type: ignore[assignment]
+        retry_if: RetryIf | None = None,
+    ) -> Job[Any, Any]:
         """Register ``func`` as job ``name``; options override the instance defaults.
 
         A first parameter annotated ``RunInfo`` receives the attempt's RunInfo; the
-        returned Job's ``create_run`` takes the remaining parameters.
+        returned Job's ``create_run`` takes the remaining parameters.  ``retry_on`` /
+        ``no_retry_on`` name the exceptions a failed attempt is (not) retried for; or
+        ``retry_if(exc) -> bool`` decides (not both).
         """
         self._require_registering("register_job")
         check_name("job", name)
@@ -83,16 +131,30 @@ class Registrations:
             retries_error_limit=retries_error_limit,
             retries_timeout_limit=retries_timeout_limit,
             retry_backoff=retry_backoff,
+            retry_on=retry_on,
+            no_retry_on=no_retry_on,
         )
-        job: Job[Any] = Job(name, func, options.over(self._config.run_defaults), self.create_run)
+        if retry_if is not None:
+            if not callable(retry_if):
+                raise TypeError(f"retry_if of job {name!r} must be callable, got {retry_if!r}")
+            if options.retry_on not in (UNSET, None) or options.no_retry_on not in (UNSET, None):
+                raise ValueError(f"job {name!r}: give retry_if, or retry_on/no_retry_on, not both")
+        owner: JobOwner = self  # type: ignore[assignment]
+        job: Job[Any, Any] = Job(name, func, options.over(self._config.run_defaults), owner, retry_if)
         self._jobs[name] = job
         return job
 
     @overload
-    def job(self, func: Callable[Concatenate[RunInfo, P], Any], /) -> Job[P]: ...
+    def job(self, func: Callable[Concatenate[RunInfo, P], Coroutine[Any, Any, R]], /) -> Job[P, R]: ...
 
     @overload
-    def job(self, func: Callable[P, Any], /) -> Job[P]: ...
+    def job(self, func: Callable[P, Coroutine[Any, Any, R]], /) -> Job[P, R]: ...
+
+    @overload
+    def job(self, func: Callable[Concatenate[RunInfo, P], R], /) -> Job[P, R]: ...
+
+    @overload
+    def job(self, func: Callable[P, R], /) -> Job[P, R]: ...
 
     @overload
     def job(
@@ -103,6 +165,9 @@ class Registrations:
         retries_error_limit: int | None = ...,
         retries_timeout_limit: int | None = ...,
         retry_backoff: Duration | Backoff | None = ...,
+        retry_on: Exceptions | None = ...,
+        no_retry_on: Exceptions | None = ...,
+        retry_if: RetryIf | None = ...,
     ) -> _JobDecorator: ...
 
     def job(self, name: Any = None, **options: Any) -> Any:
@@ -114,7 +179,7 @@ class Registrations:
         if callable(name):
             return self.register_job(name.__qualname__, name)
 
-        def decorate(func: Callable[..., Any]) -> Job[Any]:
+        def decorate(func: Callable[..., Any]) -> Job[Any, Any]:
             return self.register_job(name if name is not None else func.__qualname__, func, **options)
 
         return decorate

@@ -85,6 +85,7 @@ class Runner:
         )
         self.pool = WorkerPool(
             config=config,
+            store=store,
             jobs=jobs,
             completer=self.completer,
             counters=counters,

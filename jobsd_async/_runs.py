@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol
+
+from typing_extensions import TypeVar
 
 if TYPE_CHECKING:
     from ._store._rows import RunRow
+
+R = TypeVar("R", default=Any)
+
+
+class ProgressSink(Protocol):
+    """Where a RunInfo's progress reports go (the attempt's row)."""
+
+    async def report(self, progress: object) -> None: ...
+
+    def report_from_thread(self, progress: object) -> None: ...
+
 
 __all__ = ("InstanceInfo", "RunInfo", "RunState", "RunStatus")
 
@@ -86,6 +100,25 @@ class RunInfo:
     created_at: datetime
     created_by: int
     cancel: asyncio.Event = field(default_factory=asyncio.Event, compare=False, repr=False)
+    _progress: ProgressSink | None = field(default=None, compare=False, repr=False)
+
+    async def set_progress(self, progress: Any) -> None:
+        """Report progress: any JSON value (a fraction, counts, a stage), stored in the row.
+
+        Shown as ``RunState.progress`` and by ``jobsd runs show``.  Reports are coalesced
+        (only the newest of those waiting is written) and best effort: a database error is
+        logged, not raised.  TypeError if the value has no JSON form.
+        """
+        await self._sink().report(progress)
+
+    def set_progress_sync(self, progress: Any) -> None:
+        """:meth:`set_progress` for a sync job, from its worker thread; returns once written."""
+        self._sink().report_from_thread(progress)
+
+    def _sink(self) -> ProgressSink:
+        if self._progress is None:
+            raise RuntimeError("this RunInfo belongs to no running attempt; progress cannot be stored")
+        return self._progress
 
     @property
     def run_id(self) -> int:
@@ -98,10 +131,12 @@ class RunInfo:
 
 
 @dataclass(slots=True)
-class RunState:
+class RunState(Generic[R]):
     """A snapshot of the latest row of a run's chain; :meth:`refresh` reloads it.
 
-    ``traceback`` is the traceback of the latest attempt when it failed with an exception.
+    ``result`` is what the job returned (``R``: its return type, through a typed ``Job``
+    handle).  ``traceback`` is the traceback of the latest attempt when it failed with an
+    exception; ``progress`` what the job last reported with ``RunInfo.set_progress``.
     """
 
     run_id: int
@@ -119,14 +154,17 @@ class RunState:
     run_completed_error: str | None
     retries_on_error_count: int
     retries_on_timeout_count: int
-    result: Any
+    result: R
     created_at: datetime
     created_by: int
     traceback: str | None = field(default=None, repr=False)
-    _loader: Callable[[int], Awaitable[RunState]] | None = field(default=None, repr=False, compare=False)
+    progress: Any = None
+    _loader: Callable[[int], Awaitable[RunState[Any]]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of_row(cls, row: RunRow, result: Any, *, loader: Callable[[int], Awaitable[RunState]]) -> RunState:
+    def of_row(
+        cls, row: RunRow, result: R, *, loader: Callable[[int], Awaitable[RunState[Any]]]
+    ) -> RunState[R]:
         """The state shown for ``row``, the latest of its chain, with its decoded ``result``."""
         return cls(
             run_id=row.run_id,
@@ -148,10 +186,11 @@ class RunState:
             created_at=row.created_at,
             created_by=row.created_by,
             traceback=row.run_completed_traceback,
+            progress=decode_progress(row.run_progress),
             _loader=loader,
         )
 
-    async def refresh(self) -> RunState:
+    async def refresh(self) -> RunState[R]:
         """Reload the latest row of the chain into this object and return it."""
         if self._loader is None:
             raise RuntimeError("this RunState was not loaded from a JobsD instance")
@@ -159,6 +198,16 @@ class RunState:
         for f in fields(self):
             setattr(self, f.name, getattr(fresh, f.name))
         return self
+
+
+def decode_progress(text: str | None) -> Any:
+    """Stored progress as its JSON value (the raw text if it is not JSON: written by hand)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 @dataclass(frozen=True, slots=True)

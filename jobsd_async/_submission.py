@@ -18,11 +18,12 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ._clock import DbClock
-from ._codec import encode_args
+from ._config import RunOptions, _Unset
 from ._creator import Conn, RunRequest
 from ._dispatcher import Dispatcher
 from ._errors import UnknownScheduleError
 from ._jobs import Job
+from ._retry import RetryPolicy
 from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _claim, _create
 from ._store._dialect import wrap_errors
@@ -150,7 +151,7 @@ class Submitter:
     def _first_row(self, job: Job[Any], request: RunRequest) -> tuple[dict[str, Any], datetime]:
         """The chain's first row, and when this instance should try to claim it."""
         job.contract.check_args(job.name, request.args, request.kwargs)
-        args_json, kwargs_json = encode_args(job.name, request.args, request.kwargs)
+        args_json, kwargs_json = job.contract.codec.encode(request.args, request.kwargs)
         options = request.options.over(job.options)
         dialect = self.store.dialect
         success_limit = request.limit if request.schedule is not None else 1
@@ -190,8 +191,16 @@ class Submitter:
             retries_on_timeout_limit=options.retries_timeout_limit,  # type: ignore[arg-type]
             retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
             schedule=request.schedule,
+            retry_policy=_retry_policy(options),
         )
         return {**values, **clock_inputs}, due
+
+
+def _retry_policy(options: RunOptions) -> str | None:
+    retry_on, no_retry_on = options.retry_on, options.no_retry_on
+    assert not isinstance(retry_on, _Unset) and not isinstance(no_retry_on, _Unset)
+    policy = RetryPolicy.of(retry_on, no_retry_on)
+    return None if policy is None else policy.to_json()
 
 
 async def _connection(conn: Conn) -> AsyncConnection:

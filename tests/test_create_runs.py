@@ -28,7 +28,7 @@ async def test_create_runs_inserts_and_runs_them_all(make_jobsd: MakeJobsD) -> N
 
 @pytest.mark.parametrize(
     ("items", "error"),
-    [([(1,), ("x", "y", "z")], JobArgsMismatchError), ([(1,), ({1},)], JobArgsSerializationError)],
+    [([(1,), ("x", "y", "z")], JobArgsMismatchError), ([(1,), (object(),)], JobArgsSerializationError)],
 )
 async def test_one_bad_item_writes_nothing(
     make_jobsd: MakeJobsD, items: list[tuple[object, ...]], error: type[Exception]

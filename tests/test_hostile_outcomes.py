@@ -74,10 +74,10 @@ async def test_hostile_error_texts_do_not_poison_other_completions(make_jobsd: M
     assert set(executed.values()) == {1}, "a row executed more than once"
 
 
-async def test_a_result_nested_too_deep_still_completes_the_run(make_jobsd: MakeJobsD) -> None:
+async def test_a_result_nested_too_deep_fails_the_run_once(make_jobsd: MakeJobsD) -> None:
     jd = make_jobsd()
 
-    @jd.job(name="deep")
+    @jd.job(name="deep", retries_error_limit=3)
     async def deep() -> Any:
         value: Any = []
         for _ in range(5000):
@@ -86,8 +86,10 @@ async def test_a_result_nested_too_deep_still_completes_the_run(make_jobsd: Make
 
     async with jd:
         state = await jd.wait_for_run(await deep.create_run().run(), timeout=10)
-    assert state.status is RunStatus.SUCCEEDED
-    assert state.result is None
+    assert state.status is RunStatus.FAILED
+    assert state.run_completed_error is not None
+    assert "result of job 'deep' is not JSON-serializable" in state.run_completed_error
+    assert state.run_total_count == 1, "a result that cannot be stored is not retried"
 
 
 async def test_an_exception_whose_str_raises_is_recorded(make_jobsd: MakeJobsD) -> None:

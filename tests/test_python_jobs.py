@@ -12,6 +12,7 @@ from conftest import MakeJobsD
 
 from jobsd_async import RunInfo, RunStatus
 from jobsd_async._jobs import JobFunc
+from jobsd_async._text import MAX_RESULT_LENGTH
 
 
 def takes_info_string_annotation(info: RunInfo, x: int) -> None:
@@ -109,23 +110,47 @@ async def test_keyword_arguments_and_results(make_jobsd: MakeJobsD) -> None:
     assert state.result == {"text": "ab+ab+ab", "times": 3}
 
 
-async def test_unserializable_result_is_stored_as_none_with_a_warning(
+async def test_an_unserializable_result_fails_the_run_with_a_clear_error(
     make_jobsd: MakeJobsD, caplog: pytest.LogCaptureFixture
 ) -> None:
     jd = make_jobsd()
 
-    @jd.job
+    @jd.job("odd_result", retries_error_limit=2)
     async def odd_result() -> object:
-        return object()
+        return Opaque()
 
-    with caplog.at_level(logging.WARNING, logger="jobsd_async"):
+    with caplog.at_level(logging.ERROR, logger="jobsd_async"):
         async with jd:
             run_id = await odd_result.create_run().run()
             state = await jd.wait_for_run(run_id, timeout=10)
 
-    assert state.status is RunStatus.SUCCEEDED
+    assert state.status is RunStatus.FAILED
     assert state.result is None
-    assert any("not JSON-serializable" in r.getMessage() for r in caplog.records)
+    assert state.run_completed_error == (
+        "ResultError: the result of job 'odd_result' is not JSON-serializable: <opaque> "
+        "(TypeError: objects of type Opaque cannot be stored as JSON)"
+    )
+    assert state.run_total_count == 1, "the job ran once: the same value would fail again"
+    assert any("its result cannot be stored" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_result_too_large_to_store_fails_the_run(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+
+    @jd.job
+    async def huge() -> str:
+        return "x" * (MAX_RESULT_LENGTH + 1)
+
+    async with jd:
+        state = await huge.wait_for_run(await huge.create_run().run(), timeout=10)
+    assert state.status is RunStatus.FAILED
+    assert state.run_completed_error is not None
+    assert "more than the 4194304 stored" in state.run_completed_error
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
 
 
 async def test_calling_a_job_calls_the_function(make_jobsd: MakeJobsD) -> None:

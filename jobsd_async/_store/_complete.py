@@ -256,4 +256,5 @@ def follow_up_values(
         "created_at": now,
         "created_by": instance_id,
         "trace_context": row.trace_context,  # the chain keeps its trace
+        "retry_policy": row.retry_policy,
     }

@@ -232,6 +232,7 @@ def first_row_values(
     retry_backoff: Backoff | None,
     schedule: str | None,
     trace_context: str | None = None,
+    retry_policy: str | None = None,
 ) -> dict[str, Any]:
     return {
         "origin_id": None,
@@ -257,4 +258,5 @@ def first_row_values(
         "created_at": created_at,
         "created_by": instance_id,
         "trace_context": trace_context,
+        "retry_policy": retry_policy,
     }

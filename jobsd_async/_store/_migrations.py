@@ -33,7 +33,7 @@ from ._schema import _TEXT, MYSQL_CHARSET, NAME_COLLATIONS, SECONDS, Tables, bui
 SCHEMA_VERSION = _schema.SCHEMA_VERSION
 """The schema version this jobsd_async creates and runs against."""
 
-RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.2.0", 4: "0.2.0"}
+RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.2.0", 4: "0.2.0", 5: "0.2.0"}
 """The jobsd_async release that introduced each schema version."""
 
 _LOCK_WAIT = 300  # seconds an instance waits for another one's upgrade (MySQL GET_LOCK)
@@ -165,6 +165,14 @@ def _to_4(tables: Tables, flavor: str) -> list[Step]:
     ]
 
 
+def _to_5(tables: Tables, flavor: str) -> list[Step]:
+    runs = tables.runs.name
+    return [
+        AddColumn(runs, Column("retry_policy", _TEXT, nullable=True)),
+        AddColumn(runs, Column("run_progress", _TEXT, nullable=True)),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
@@ -174,6 +182,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "instances.host and instances.pid", _to_3),
     Migration(4, "runs.trace_context and runs.run_completed_traceback", _to_4),
+    Migration(5, "runs.retry_policy and runs.run_progress", _to_5),
 )
 
 

@@ -91,6 +91,8 @@ class RunRow:
     created_by: int
     trace_context: str | None
     run_completed_traceback: str | None
+    retry_policy: str | None
+    run_progress: str | None
 
     @property
     def run_id(self) -> int:

@@ -76,7 +76,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version these definitions build by default (see ``_migrations``)."""
 
 
@@ -202,6 +202,10 @@ def build_tables(prefix: str, *, flavor: str | None = None, version: int | None 
             (4, Column("trace_context", _TEXT, nullable=True)),
             # The traceback of a failed attempt (bounded).
             (4, Column("run_completed_traceback", _TEXT, nullable=True)),
+            # Which exceptions are retried: JSON {"on": [names], "not_on": [names]} (NULL: all).
+            (5, Column("retry_policy", _TEXT, nullable=True)),
+            # What the job last reported with RunInfo.set_progress(), as JSON.
+            (5, Column("run_progress", _TEXT, nullable=True)),
         ),
         *_run_indexes(runs_name),
         **options,

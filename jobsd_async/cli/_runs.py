@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import click
@@ -123,6 +124,7 @@ def show_run(app: str | None, url: str | None, table_prefix: str, run_id: int, a
             ("schedule", s.schedule or ""),
             ("attempts", s.run_total_count),
             ("successes", s.run_success_count),
+            ("progress", "" if s.progress is None else json.dumps(s.progress, ensure_ascii=False)),
             ("created", f"{when(s.created_at)} by instance {s.created_by}"),
             ("result", "" if s.result is None else repr(s.result)),
             ("error", s.run_completed_error or ""),
