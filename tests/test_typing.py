@@ -1,4 +1,5 @@
-"""Typed handles: mypy --strict checks a job's arguments and types its results.
+"""Typed handles: mypy --strict checks a job's arguments (``RunInfo`` is not the caller's to pass)
+and types its results.
 
 A program using the public API is type-checked by mypy; the lines marked ``# E`` must be
 exactly the ones it reports (with the marked message), and ``reveal_type`` must show the
@@ -46,6 +47,8 @@ async def use(ident: UUID) -> None:
     await add.create_run(1, "2").run()  # E: Argument 2 to "create_run" of "Job" has incompatible type "str"; expected "int"
     await stamp.create_run(ident, when=datetime.now()).run()
     await stamp.create_run("not a uuid").run()  # E: Argument 1 to "create_run" of "Job" has incompatible type "str"; expected "UUID"
+    await stamp.create_run(ident, colour="red").run()  # E: Unexpected keyword argument "colour"
+    await jd.create_run("add", "anything").run()  # by name: checked at run time only
     await jd.create_run(add, 1).run()  # E: No overload variant of "create_run" of "JobsD" matches argument types
     await add.create_runs([add.args(1, 2), add.args(a=3, b=4), (5, 6)])
     await jd.create_runs(add, [add.args(1, b="x")])  # E: Argument "b" to "args" of "Job" has incompatible type "str"; expected "int"
