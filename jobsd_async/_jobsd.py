@@ -76,7 +76,7 @@ class JobsD(Registrations):
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | None = None,
         *,
         workers: int = DEFAULT_WORKERS,
         poll_interval: Duration = DEFAULT_POLL_INTERVAL,
@@ -96,7 +96,7 @@ class JobsD(Registrations):
         logger: logging.Logger | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if not isinstance(engine, AsyncEngine):
+        if engine is not None and not isinstance(engine, AsyncEngine):
             raise TypeError(f"engine must be a SQLAlchemy AsyncEngine, got {engine!r}")
         self._config = build_config(
             workers=workers,
@@ -118,7 +118,8 @@ class JobsD(Registrations):
         )
         self._engine = engine
         self._tables = build_tables(self._config.table_prefix)
-        self._clock = DbClock(clock or system_clock)
+        self._local_clock = clock or system_clock
+        self._clock = DbClock(self._local_clock)
         self._jobs: dict[str, Job[Any]] = {}
         self._schedules: dict[str, ScheduleFunc] = {}
         self._state = _State.NEW
@@ -140,8 +141,24 @@ class JobsD(Registrations):
 
     @property
     def engine(self) -> AsyncEngine:
-        """The SQLAlchemy engine given at construction (never disposed by JobsD)."""
+        """The SQLAlchemy engine given at construction or to use_engine() (never disposed by JobsD)."""
+        if self._engine is None:
+            raise JobsDStateError("JobsD has no engine; pass one to JobsD(engine) or jd.use_engine(engine)")
         return self._engine
+
+    def use_engine(self, engine: AsyncEngine, *, table_prefix: str | None = None) -> None:
+        """Use ``engine`` (and ``table_prefix``) from the next ``up()`` on.
+
+        For a module-level JobsD whose engine the app builds later (an app factory, or a test
+        with a database of its own); only while the instance is not running.
+        """
+        self._require_registering("use_engine")
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(f"engine must be a SQLAlchemy AsyncEngine, got {engine!r}")
+        if table_prefix is not None:
+            self._reconfigure(table_prefix=table_prefix)
+            self._tables = build_tables(self._config.table_prefix)
+        self._engine = engine
 
     @property
     def logger(self) -> logging.Logger:
@@ -204,19 +221,32 @@ class JobsD(Registrations):
         return runner is not None and await runner.idle()
 
     def _require_registering(self, what: str) -> None:
-        if self._state is not _State.NEW:
-            raise JobsDStateError(f"{what}() must be called before up(); register everything first")
+        if self._state not in (_State.NEW, _State.STOPPED):
+            raise JobsDStateError(
+                f"{what}() must be called before up() (or after down()); register everything first"
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def up(self) -> None:
-        """Create missing tables, write the instance row and start the background loops."""
-        if self._state is not _State.NEW:
+        """Create or upgrade the tables, write the instance row and start the background loops.
+
+        After ``down()``, ``up()`` starts the same object again as a new instance (a new
+        instance row and id, counters from zero); registrations and ``Job`` handles stay valid.
+        """
+        if self._state not in (_State.NEW, _State.STOPPED):
             raise JobsDStateError(
-                f"JobsD is {self._state.value}; up() can be called once per object — "
-                "create a new JobsD to start again"
+                f"JobsD is {self._state.value}; call up() once, and again only after down()"
             )
+        if self._engine is None:
+            raise JobsDStateError("JobsD has no engine; pass one to JobsD(engine) or jd.use_engine(engine)")
         self._state = _State.STARTING
+        # Per start: an instance of its own (and a lock of this event loop: a module-level
+        # JobsD may serve one app lifespan, then another on a new loop).
+        self._lifecycle = asyncio.Lock()
+        self._counters = _instances.Counters()
+        self._shutdown_at = None
+        self._clock = DbClock(self._local_clock)
         async with self._lifecycle:
             try:
                 await self._start()
@@ -236,7 +266,7 @@ class JobsD(Registrations):
 
     async def _start(self) -> None:
         async with AsyncExitStack() as stack:
-            store = Store(await wrap_errors(Dialect.detect(self._engine), "connecting"), self._tables)
+            store = Store(await wrap_errors(Dialect.detect(self.engine), "connecting"), self._tables)
             await wrap_errors(self._prepare_schema(store), "preparing the tables")
             await wrap_errors(self._sample_clock(store), "reading the database clock")
             fingerprints = {name: job.contract.fingerprint for name, job in self._jobs.items()}
@@ -342,7 +372,7 @@ class JobsD(Registrations):
     def _require_started(self) -> Submitter:
         if self._state is not _State.STARTED or self._submitter is None:
             if self._state in (_State.STOPPING, _State.STOPPED):
-                raise JobsDStateError("JobsD is down; create and start a new JobsD to submit runs")
+                raise JobsDStateError("JobsD is down; start it again with `await jd.up()` to submit runs")
             raise JobsDStateError(
                 "JobsD is not running; use `async with JobsD(engine) as jd:` or `await jd.up()` first"
             )

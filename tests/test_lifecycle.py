@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
 import pytest
-from conftest import MakeJobsD, fetch_runs
-from sqlalchemy.ext.asyncio import create_async_engine
+from conftest import FAST, MakeJobsD, fetch_runs
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD, JobsDStateError, StoreError
 
 
 async def noop() -> None:
     return None
+
+
+async def double(value: int) -> int:
+    return value * 2
 
 
 async def test_create_run_before_up_raises_and_writes_nothing(make_jobsd: MakeJobsD) -> None:
@@ -31,17 +39,89 @@ async def test_create_run_after_down_raises(make_jobsd: MakeJobsD) -> None:
         await jd.create_run("noop").run()
 
 
-async def test_up_twice_and_up_after_down_raise(make_jobsd: MakeJobsD) -> None:
+async def test_up_twice_raises(make_jobsd: MakeJobsD) -> None:
     jd = make_jobsd()
     await jd.up()
-    with pytest.raises(JobsDStateError):
+    with pytest.raises(JobsDStateError, match="after down"):
         await jd.up()
     with pytest.raises(JobsDStateError):
         async with jd:
             pass
-    await jd.down()
-    with pytest.raises(JobsDStateError, match="new JobsD"):
+
+
+async def test_up_after_down_starts_a_new_instance_with_the_same_jobs(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+    job = jd.register_job("double", double)
+    async with jd:
+        first_id = jd.instance_id
+        run_id = await job.create_run(2).run()
+        assert (await jd.wait_for_run(run_id, timeout=10)).result == 4
+        assert jd.instance.runs_started == 1
+    async with jd:
+        assert jd.instance_id != first_id
+        assert jd.instance.runs_started == 0  # counters of the new instance
+        assert jd.instance.shutdown_at is None
+        run_id = await job.create_run(3).run()  # the handle from before down() still works
+        assert (await jd.wait_for_run(run_id, timeout=10)).result == 6
+        assert jd.instance.runs_started == 1
+    rows = await _instance_rows(jd)
+    assert [row["id"] for row in rows] == sorted([first_id, jd.instance_id])
+    assert all(row["shutdown_at"] is not None for row in rows)
+
+
+async def test_jobs_registered_between_starts_are_served_by_the_next(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+    async with jd:
+        pass
+    late = jd.register_job("late", double)
+    async with jd:
+        assert jd.instance.supported_jobs == ("late",)
+        run_id = await late.create_run(5).run()
+        assert (await jd.wait_for_run(run_id, timeout=10)).result == 10
+
+
+def test_a_module_level_jobsd_serves_one_event_loop_after_another(tmp_path: Path) -> None:
+    """Two app lifespans (two TestClients) in a row: each builds an engine on its own loop."""
+    jd = JobsD(**{**FAST, "table_prefix": "restart_"})
+    job = jd.register_job("double", double)
+
+    async def lifespan(value: int) -> object:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+        jd.use_engine(engine)
+        try:
+            async with jd:
+                run_id = await job.create_run(value).run()
+                return (await jd.wait_for_run(run_id, timeout=10)).result
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(lifespan(1)) == 2
+    assert asyncio.run(lifespan(21)) == 42
+
+
+async def test_an_engine_is_required_to_start(make_jobsd: MakeJobsD, engine: AsyncEngine) -> None:
+    jd = JobsD()
+    with pytest.raises(JobsDStateError, match="use_engine"):
         await jd.up()
+    with pytest.raises(JobsDStateError, match="use_engine"):
+        _ = jd.engine
+    with pytest.raises(TypeError, match="AsyncEngine"):
+        jd.use_engine("sqlite://")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table_prefix"):
+        jd.use_engine(engine, table_prefix="bad prefix")
+    prefixed = make_jobsd()
+    jd.use_engine(engine, table_prefix=prefixed._config.table_prefix)
+    async with jd:
+        assert jd.engine is engine
+        with pytest.raises(JobsDStateError, match="use_engine"):
+            jd.use_engine(engine)
+        assert any(name.startswith(prefixed._config.table_prefix) for name in jd.metadata.tables)
+
+
+async def _instance_rows(jd: JobsD) -> list[Any]:
+    instances = jd.metadata.tables[next(n for n in jd.metadata.tables if n.endswith("instances"))]
+    async with jd.engine.connect() as conn:
+        return list((await conn.execute(instances.select().order_by(instances.c.id))).mappings())
 
 
 async def test_down_is_idempotent_and_allowed_before_up(make_jobsd: MakeJobsD) -> None:
@@ -101,7 +181,7 @@ async def test_failed_up_raises_store_error_and_stops(tmp_path: object) -> None:
         with pytest.raises(StoreError) as info:
             await jd.up()
         assert info.value.__cause__ is not None
-        with pytest.raises(JobsDStateError):
+        with pytest.raises(StoreError):  # stopped again: a later up() may try again
             await jd.up()
         await jd.down()
     finally:

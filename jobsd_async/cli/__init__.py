@@ -9,6 +9,8 @@ current); 2 a usage error.  Errors are one line on stderr; ``--verbose`` adds tr
 
 from __future__ import annotations
 
+import threading
+
 import click
 
 from .. import __version__
@@ -18,6 +20,10 @@ from ._schema import schema
 from ._worker import worker
 
 __all__ = ("main",)
+
+
+def _quiet(args: threading.ExceptHookArgs) -> None:
+    """Threads' uncaught exceptions, without a traceback (``--verbose`` shows them)."""
 
 
 @click.group(
@@ -42,6 +48,10 @@ def main(verbose: bool) -> None:
     Commands that only need the database take --url (an SQLAlchemy async URL) and
     --table-prefix; they also accept --app MODULE:ATTR (your JobsD) instead.
     """
+    if not verbose:
+        # A driver's own thread that fails (aiosqlite cannot open a file) would print a
+        # traceback of its own; the command reports the error in one line instead.
+        threading.excepthook = _quiet
 
 
 for command in (worker, runs, instances, prune, healthcheck, schema):
