@@ -190,8 +190,13 @@ def test_the_jobsd_signature_in_the_api_reference_is_the_real_one() -> None:
     parameters = inspect.signature(JobsD).parameters
     assert list(documented) == list(parameters), "the parameters differ"
     assert documented == real, "the types differ"
+    positional: list[ast.expr | None] = [None] * (len(func.args.args) - len(func.args.defaults))
+    positional += func.args.defaults
     defaults = {
         arg.arg: inspect.Parameter.empty if default is None else ast.literal_eval(default)
-        for arg, default in zip(func.args.kwonlyargs, func.args.kw_defaults, strict=True)
+        for arg, default in (
+            *zip(func.args.args, positional, strict=True),
+            *zip(func.args.kwonlyargs, func.args.kw_defaults, strict=True),
+        )
     }
-    assert defaults == {name: p.default for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert defaults == {name: p.default for name, p in parameters.items()}, "the defaults differ"
