@@ -30,6 +30,7 @@ from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
 from ._worker import run_worker
 
 __version__ = "0.2.0.dev0"
+"""The version of the installed jobsd_async."""
 
 __all__ = (
     "Args",
