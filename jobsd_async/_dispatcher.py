@@ -33,8 +33,11 @@ from ._store._instances import Counters
 from ._store._rows import RunRow, Store
 from ._supervisor import Loops, ticking
 
-_EARLY_RETRY = timedelta(milliseconds=20)  # re-try a claim that came before the DB clock
-_EARLY_TRIES = 5  # ... this many times, then leave the row to the poller
+# A claim that came before the database clock (our estimate of it is off by up to half the
+# round trip of its last reading, which a loaded host makes long) is tried again after
+# 20 ms, 40 ms, 80 ms ... (about 2.5 s in all), then the row is left to the poller.
+_EARLY_RETRY = 0.02
+_EARLY_TRIES = 8
 _HAND_BACK_DELAY = 1.0  # seconds before a handed-back row is due again
 _AVOID_FOR = 600.0  # seconds this instance leaves a handed-back row alone
 _RESERVATIONS_WAIT = 10.0  # seconds stop() waits for inserts that reserved a slot
@@ -251,12 +254,13 @@ class Dispatcher:
             return
         # The database had nothing more for us: the rest were taken by others, or are not
         # due yet by the database clock (then try again shortly, a few times).
-        retry_at = self._clock.now() + _EARLY_RETRY
+        now = self._clock.now()
         for row_id in due:
             if self.pool.is_tracking(row_id):
                 continue
-            if self._queue.note_try(row_id) < _EARLY_TRIES:
-                self.enqueue(row_id, retry_at)
+            tries = self._queue.note_try(row_id)
+            if tries < _EARLY_TRIES:
+                self.enqueue(row_id, now + timedelta(seconds=_EARLY_RETRY * 2 ** (tries - 1)))
             else:
                 self._queue.forget(row_id)
 

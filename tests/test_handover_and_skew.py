@@ -10,6 +10,7 @@ import pytest
 from conftest import MakeJobsD, fetch_runs
 
 from jobsd_async import JobsD, RunInfo, RunStatus
+from jobsd_async._clock import DbClock
 
 pytestmark = pytest.mark.cluster
 
@@ -124,3 +125,26 @@ async def test_a_backward_step_of_the_wall_clock_does_not_delay_queued_runs(make
             await ran.wait()
         state = await jd.wait_for_run(run_id, timeout=10)
     assert state.status is RunStatus.SUCCEEDED
+
+
+async def test_a_clock_estimate_ahead_of_the_database_still_claims_a_delayed_run(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock reading taken on a loaded host (a long round trip) puts this instance's
+    # estimate of the database clock 0.6 s ahead: its claim of a run due in 0.2 s comes
+    # early, and must be tried again until the database agrees, not left to a poll an hour
+    # away.
+    real = DbClock.sample
+
+    def ahead(self: DbClock, db_now: datetime, sent_at: float, received_at: float) -> None:
+        real(self, db_now + timedelta(seconds=0.6), sent_at, received_at)
+
+    monkeypatch.setattr(DbClock, "sample", ahead)
+    jd = make_jobsd(poll_interval=3600)
+    ran = asyncio.Event()
+    jd.register_job("soon", ran.set)
+    async with jd:
+        run_id = await jd.create_run("soon").run_after(0.2)
+        async with asyncio.timeout(10):
+            await ran.wait()
+        assert (await jd.wait_for_run(run_id, timeout=10)).status is RunStatus.SUCCEEDED

@@ -7,10 +7,11 @@ the binding error (without retries) instead of waiting forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
-from conftest import MakeJobsD
+from conftest import MakeJobsD, eventually
 from sqlalchemy.exc import OperationalError
 
 from jobsd_async import JobsD, RunInfo, RunStatus, _pool
@@ -45,14 +46,29 @@ async def test_runs_of_either_version_run_on_an_instance_of_their_version(
     make_jobsd: MakeJobsD, caplog: pytest.LogCaptureFixture
 ) -> None:
     executed_by: dict[str, int] = {}
-    old, new = version_1(make_jobsd, executed_by), version_2(make_jobsd, executed_by)
+    # The old version's worker is live but busy at first, so the new one claims the old
+    # version's runs, and must hand them back; then the old one is free to take them.
+    old = version_1(make_jobsd, executed_by, workers=1)
+    busy, free = asyncio.Event(), asyncio.Event()
+
+    @old.job(name="hold")
+    async def hold() -> None:
+        busy.set()
+        await free.wait()
+
+    new = version_2(make_jobsd, executed_by)
     old_producer = version_1(make_jobsd, executed_by, workers=0)
     new_producer = version_2(make_jobsd, executed_by, workers=0)
     with caplog.at_level(logging.WARNING, logger="jobsd_async"):
         async with old, new, old_producer, new_producer:
+            held = await hold.create_run().run()
+            await asyncio.wait_for(busy.wait(), 10)
             old_runs = [await old_producer.create_run("report", f"d{i}").run() for i in range(8)]
             new_runs = [await new_producer.create_run("report", f"d{i}", "pdf").run() for i in range(8)]
+            await eventually(lambda: handed_back(caplog), what="the new version handing a run back")
+            free.set()
             states = [await old.wait_for_run(run_id, timeout=30) for run_id in old_runs + new_runs]
+            await old.wait_for_run(held, timeout=10)
 
     assert [s.status for s in states] == [RunStatus.SUCCEEDED] * 16
     assert [s.result for s in states[:8]] == [f"v1 d{i}" for i in range(8)]
@@ -60,9 +76,10 @@ async def test_runs_of_either_version_run_on_an_instance_of_their_version(
     assert {executed_by[f"v1 d{i}"] for i in range(8)} == {old.instance_id}
     assert {executed_by[f"v2 d{i}"] for i in range(8)} == {new.instance_id}
     assert all(s.run_total_count == 1 and s.retries_on_error_count == 0 for s in states)
-    assert any("another version of job 'report'" in r.getMessage() for r in caplog.records), (
-        "no run was handed back: the test did not mix versions"
-    )
+
+
+def handed_back(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("another version of job 'report'" in r.getMessage() for r in caplog.records)
 
 
 async def test_once_the_other_version_is_gone_an_unbindable_run_fails_at_once(make_jobsd: MakeJobsD) -> None:
