@@ -175,19 +175,15 @@ class ArgsCodec:
         changed, or by 0.1, which did not check) is passed as its JSON value, as 0.1 did,
         and described to ``misfit``.
         """
-        # Most runs have no arguments of one kind or the other: skip the parser for them.
-        args = json.loads(args_json) if args_json and args_json != "[]" else []
-        kwargs = json.loads(kwargs_json) if kwargs_json and kwargs_json != "{}" else {}
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError("stored job arguments are not a JSON list and object")
+        args, kwargs = parse_args(args_json, kwargs_json)
         if not self.typed:
-            return tuple(args), kwargs
+            return args, kwargs
 
         def keep(job: str, what: str, conversion: Conversion, exc: Exception, value: Any) -> Any:
             misfit(f"stored {what} does not fit its annotation {conversion!r} ({exc}); passed as stored")
             return value
 
-        return self._convert(tuple(args), kwargs, keep)
+        return self._convert(args, kwargs, keep)
 
     def _convert(
         self,
@@ -250,6 +246,16 @@ def _mismatch(job: str, what: str, conversion: Conversion, exc: Exception, value
 
 def _dumps(value: object) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def parse_args(args_json: str | None, kwargs_json: str | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Stored arguments as JSON values; ValueError if they are not a JSON list and object."""
+    # Most runs have no arguments of one kind or the other: skip the parser for them.
+    args = json.loads(args_json) if args_json and args_json != "[]" else []
+    kwargs = json.loads(kwargs_json) if kwargs_json and kwargs_json != "{}" else {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("stored job arguments are not a JSON list and object")
+    return tuple(args), kwargs
 
 
 def decode_result(text: str | None) -> Any:

@@ -161,6 +161,11 @@ class JobsD(Registrations):
         self._engine = engine
 
     @property
+    def is_running(self) -> bool:
+        """True between a successful ``up()`` and the start of ``down()``."""
+        return self._state is _State.STARTED
+
+    @property
     def logger(self) -> logging.Logger:
         """The logger this instance writes to (``jobsd_async`` unless one was given)."""
         return self._config.logger

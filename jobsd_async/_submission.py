@@ -86,6 +86,19 @@ class Submitter:
         due_now = request.at is None and not request.delay and request.schedule is None
         return due_now and self.store.dialect.direct_start and await self.dispatcher.reserve(job.name)
 
+    async def start_here(self, job: Job[Any], request: RunRequest) -> int | None:
+        """Insert a run already claimed by this instance and start it at once (for
+        ``jobsd_async.testing.run_job``); None if it cannot (no free slot, or no RETURNING)."""
+        values, _ = self._first_row(job, request)  # validated before a slot is taken
+        if not self.store.dialect.insert_returning or not await self.dispatcher.reserve(job.name):
+            return None
+        with self.telemetry.sending(job.name) as sending:
+            values["trace_context"] = sending.carrier()
+            run_id, _ = await self._insert_and_start(values)
+            sending.sent([run_id])
+        self.telemetry.created(job.name, 1)
+        return run_id
+
     async def _insert_and_start(self, values: dict[str, Any]) -> tuple[int, bool]:
         store, dispatcher = self.store, self.dispatcher
         try:
