@@ -257,6 +257,7 @@ async def test_aiohttp_app_creates_and_reports_runs(tmp_path: Path) -> None:
         assert state["status"] == "succeeded"
         assert state["result"] == 0.1
         assert state["run_id"] == run_id
+        assert state["progress"] == 1.0  # the last of its ten reports
         assert state["started_at"] is not None
         assert state["completed_at"] is not None
 
@@ -274,6 +275,28 @@ async def test_aiohttp_app_rejects_bad_requests(tmp_path: Path) -> None:
         assert (await client.post("/jobs/add", data=b"not json")).status == 400
         assert (await client.get("/runs/999")).status == 404
         assert (await client.get("/runs/abc")).status == 400
+        assert (await client.post("/add", json={"a": "two", "b": 3})).status == 422
+        assert (await client.post("/add", json=[2, 3])).status == 400
+
+
+def test_aiohttp_apps_in_a_row_on_two_databases_and_event_loops(tmp_path: Path) -> None:
+    # One module-level jd, two apps from create_app on two SQLite files, each served on an
+    # event loop of its own (asyncio.run), one after the other: each app's cleanup_ctx points
+    # jd at its database (use_engine) and starts it again.
+    async def add_in(name: str, a: int, b: int) -> Any:
+        app = aiohttp_app.create_app(sqlite_url(tmp_path, name))
+        async with AiohttpClient(TestServer(app)) as client:
+            assert aiohttp_app.jd.engine.url.database == str(tmp_path / name)
+            response = await client.post("/add", json={"a": a, "b": b})  # creates a run, awaits it
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    first = asyncio.run(add_in("first.db", 2, 3))
+    second = asyncio.run(add_in("second.db", 40, 2))
+    assert first == {"run_id": 1, "sum": 5}
+    assert second == {"run_id": 1, "sum": 42}  # the first run of its own database
+    assert stored_runs(tmp_path / "first.db") == [(1, "add", "[2,3]")]
+    assert stored_runs(tmp_path / "second.db") == [(1, "add", "[40,2]")]
 
 
 def test_the_worker_example_runs_under_jobsd_worker(tmp_path: Path) -> None:
