@@ -1,11 +1,17 @@
 """An aiohttp app that runs jobs in the background with jobsd_async.
 
-A ``cleanup_ctx`` starts a JobsD instance (``async with JobsD(engine) as jd:``) with the
-app and stops it with the app; handlers find it at ``request.app[JOBSD]``.  Endpoints:
+The jobs are registered on a module-level ``jd = JobsD(...)``, so their ``Job`` handles
+can be imported and are type-checked where they are used.  A ``cleanup_ctx`` builds the
+engine when the app starts, gives it to ``jd`` (``jd.use_engine(engine)``) and runs
+``async with jd:`` until the app stops; ``jd`` starts again as a new instance with the
+next app, on whatever event loop that one runs.  One ``jd`` serves one app at a time.
+Endpoints:
 
 - ``POST /jobs/{name}`` with an optional JSON body ``{"args": [...], "kwargs": {...}}``
   creates a run of job ``name`` and answers ``201 {"run_id": 1}``;
-- ``GET /runs/{run_id}`` answers the run's state as JSON.
+- ``GET /runs/{run_id}`` answers the run's state as JSON (with the progress a job reported);
+- ``POST /add`` with ``{"a": 2, "b": 3}`` adds the numbers in a run of job ``add`` and
+  answers ``{"run_id": 1, "sum": 5}`` once it has finished: the typed handle end to end.
 
 The database URL comes from ``JOBSD_DATABASE_URL`` (default: ``jobsd_example.db`` in the
 current directory).  Run it with ``python examples/aiohttp_app.py`` (port 8080).
@@ -20,40 +26,44 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from jobsd_async import (
     JobArgsMismatchError,
     JobArgsSerializationError,
     JobsD,
+    RunInfo,
     RunNotFoundError,
     RunState,
+    RunStatus,
     UnknownJobError,
 )
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///jobsd_example.db"
-JOBSD = web.AppKey("jobsd", JobsD)
+ADD_WAIT = 10.0  # seconds POST /add waits for its run before answering 504
 DATABASE_URL = web.AppKey("database_url", str)
 
+# No engine yet: the app's cleanup_ctx gives it one (registration must precede up()).
+jd = JobsD(poll_interval=1.0)
 
-def create_jobsd(engine: AsyncEngine) -> JobsD:
-    """A JobsD instance with this app's jobs registered (registration must precede up())."""
-    jd = JobsD(engine, poll_interval=1.0)
 
-    @jd.job("announce")
-    async def announce(label: str = "hello") -> str:
-        return f"{label}: the time is {datetime.now(UTC):%H:%M:%S} UTC"
+@jd.job("announce")
+async def announce(label: str = "hello") -> str:
+    return f"{label}: the time is {datetime.now(UTC):%H:%M:%S} UTC"
 
-    @jd.job("add")
-    def add(a: int, b: int) -> int:  # a plain function runs in a worker thread
-        return a + b
 
-    @jd.job("sleep")
-    async def sleep(seconds: float) -> float:
-        await asyncio.sleep(seconds)
-        return seconds
+@jd.job("add")
+def add(a: int, b: int) -> int:  # a plain function runs in a worker thread
+    return a + b
 
-    return jd
+
+@jd.job("sleep")
+async def sleep(info: RunInfo, seconds: float) -> float:
+    """Sleeps in ten steps, reporting the fraction done (``GET /runs/{run_id}`` shows it)."""
+    for step in range(1, 11):
+        await asyncio.sleep(seconds / 10)
+        await info.set_progress(step / 10)
+    return seconds
 
 
 def state_json(state: RunState) -> dict[str, Any]:
@@ -70,6 +80,7 @@ def state_json(state: RunState) -> dict[str, Any]:
         "finished": state.status.finished,
         "attempts": state.run_total_count,
         "successes": state.run_success_count,
+        "progress": state.progress,
         "result": state.result,
         "error": state.run_completed_error,
         "created_at": iso(state.created_at),
@@ -79,11 +90,11 @@ def state_json(state: RunState) -> dict[str, Any]:
 
 
 async def jobsd_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run a JobsD instance for the app's lifetime."""
+    """Run ``jd`` on the app's database for the app's lifetime."""
     engine = create_async_engine(app[DATABASE_URL])
     try:
-        async with create_jobsd(engine) as jd:
-            app[JOBSD] = jd
+        jd.use_engine(engine)
+        async with jd:
             yield
     finally:
         await engine.dispose()  # JobsD never disposes an engine it was given
@@ -93,17 +104,24 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"detail": message}, status=status)
 
 
-async def create_run(request: web.Request) -> web.Response:
-    """Create a run of job ``name``; answer its run id."""
-    jd = request.app[JOBSD]
-    body: Any = {}
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "the body must be JSON")
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object body ({} without a body), or an error response."""
+    if not request.can_read_body:
+        return {}
+    try:
+        body: Any = await request.json()
+    except ValueError:
+        return _error(400, "the body must be JSON")
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
+    return body
+
+
+async def create_run(request: web.Request) -> web.Response:
+    """Create a run of job ``name`` (checked when submitted); answer its run id."""
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
     args = body.get("args", [])
     kwargs = body.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
@@ -119,7 +137,6 @@ async def create_run(request: web.Request) -> web.Response:
 
 async def get_run(request: web.Request) -> web.Response:
     """The state of run ``run_id`` (the latest row of its chain)."""
-    jd = request.app[JOBSD]
     try:
         run_id = int(request.match_info["run_id"])
     except ValueError:
@@ -131,12 +148,36 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(state_json(state))
 
 
+async def add_in_a_job(request: web.Request) -> web.Response:
+    """Add ``a`` and ``b`` in a run of ``add`` and answer the sum once the run has finished."""
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
+    a, b = body.get("a"), body.get("b")
+    if type(a) is not int or type(b) is not int:
+        return _error(422, '"a" and "b" must be integers')
+    run_id = await add.create_run(a, b).run()  # mypy checks (a: int, b: int)
+    try:
+        state = await add.wait_for_run(run_id, timeout=ADD_WAIT)  # a RunState[int]
+    except TimeoutError:
+        return _error(504, f"run {run_id} is still going")
+    if state.status is not RunStatus.SUCCEEDED:
+        return _error(500, f"run {run_id}: {state.run_completed_error}")
+    return web.json_response({"run_id": run_id, "sum": state.result})
+
+
 def create_app(database_url: str | None = None) -> web.Application:
     """The app; ``database_url`` defaults to ``$JOBSD_DATABASE_URL`` or a local SQLite file."""
     app = web.Application()
     app[DATABASE_URL] = database_url or os.environ.get("JOBSD_DATABASE_URL", DEFAULT_DATABASE_URL)
     app.cleanup_ctx.append(jobsd_ctx)
-    app.add_routes([web.post("/jobs/{name}", create_run), web.get("/runs/{run_id}", get_run)])
+    app.add_routes(
+        [
+            web.post("/jobs/{name}", create_run),
+            web.get("/runs/{run_id}", get_run),
+            web.post("/add", add_in_a_job),
+        ]
+    )
     return app
 
 
