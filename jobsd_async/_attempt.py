@@ -5,18 +5,24 @@ timeout firing, a ``cancel_run``, or a kill at shutdown.  The first ending is re
 anything the job does afterwards is discarded.  The job's task may outlive that moment
 (it gets ``RunInfo.cancel`` and then, after ``cancel_grace``, a task cancel), and its
 worker slot stays taken until the task, and the thread of a sync job, have really ended.
+
+:func:`succeeded` and :func:`failed` say how a returned value or a raised exception ends
+an attempt: what is stored, and whether a retry follows (``Retry``, the retry policy).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ._chain import Outcome
+from ._chain import Outcome, describe, traceback_text
 from ._jobs import JobFunc
+from ._retry import Retry, RetryIf, RetryPolicy
 from ._runs import ProgressSink, RunInfo
 from ._store._rows import RunRow
+from ._text import MAX_ERROR_LENGTH, MAX_RESULT_LENGTH, storable
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +128,74 @@ class Attempt:
     def log_extra(self) -> dict[str, Any]:
         row = self.row
         return {"run_id": row.run_id, "row_id": row.id, "job": row.job, "attempt": row.run_total_count}
+
+
+def failed(
+    attempt: Attempt, exc: BaseException, retry_if: RetryIf | None, log: logging.Logger, extra: dict[str, Any]
+) -> Ending:
+    """How an attempt whose job raised ``exc`` ends: failed, retried unless its policy says not."""
+    text = Outcome.FAILED.error_text(exc)
+    stack = traceback_text(exc)
+    row = attempt.row
+    if isinstance(exc, Retry):
+        log.info(
+            "jobsd: run %s asks to be retried%s: %s",
+            row.run_id,
+            "" if exc.after is None else f" in {exc.after:g} s",
+            text,
+            extra=extra,
+        )
+        return Ending(Outcome.FAILED, text, traceback=stack, retry_after=exc.after)
+    retry = _retries(attempt, exc, retry_if, log, extra)
+    message = "jobsd: run %s failed (attempt %d)" + ("" if retry else "; its retry policy says no retry")
+    args = (row.run_id, row.run_total_count)
+    try:
+        log.error(message, *args, exc_info=exc, extra=extra)
+    except BaseException:  # formatting the traceback called a hostile __str__
+        log.error(message + ": %s", *args, text, extra=extra)
+    return Ending(Outcome.FAILED, text, traceback=stack, retry=retry)
+
+
+def _retries(
+    attempt: Attempt, exc: BaseException, retry_if: RetryIf | None, log: logging.Logger, extra: dict[str, Any]
+) -> bool:
+    """Whether the failure ``exc`` is retried: the row's policy, else the job's ``retry_if``."""
+    policy = RetryPolicy.from_json(attempt.row.retry_policy)
+    if policy is not None:
+        return policy.retries(exc)
+    if retry_if is None:
+        return True
+    try:
+        return bool(retry_if(exc))
+    except Exception as problem:
+        log.error(
+            "jobsd: run %s: retry_if of job %r raised %s; retrying",
+            attempt.row.run_id,
+            attempt.row.job,
+            describe(problem),
+            extra=extra,
+        )
+        return True
+
+
+def succeeded(attempt: Attempt, value: object, log: logging.Logger, extra: dict[str, Any]) -> Ending:
+    """A returned value: success with its JSON, or a failure (never retried) if it has none."""
+    assert attempt.contract is not None
+    try:
+        text = attempt.contract.codec.encode_result(value)
+    except Exception as exc:  # not JSON, or nested too deep to encode
+        problem = describe(exc)
+    else:
+        if text is None or len(text) <= MAX_RESULT_LENGTH:
+            return Ending(Outcome.SUCCEEDED, result=text)
+        problem = (
+            f"ResultError: the result of job {attempt.row.job!r} is {len(text)} characters of JSON, "
+            f"more than the {MAX_RESULT_LENGTH} stored"
+        )
+    log.error(
+        "jobsd: run %s failed: its result cannot be stored (not retried): %s",
+        attempt.row.run_id,
+        problem,
+        extra=extra,
+    )
+    return Ending(Outcome.FAILED, storable(problem, MAX_ERROR_LENGTH), retry=False)

@@ -28,18 +28,18 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ._attempt import Attempt, Ending
-from ._chain import Outcome, describe, traceback_text
+from ._attempt import Attempt, Ending, failed, succeeded
+from ._chain import Outcome, describe
 from ._completer import Completer, Written
 from ._config import MAX_DURATION, Config
 from ._jobs import Job
 from ._progress import Progress
-from ._retry import Retry, RetryPolicy
+from ._retry import RetryIf
 from ._store._instances import Counters
 from ._store._rows import RunRow, Store
 from ._telemetry import Telemetry
 from ._telemetry import recording as recording_telemetry
-from ._text import MAX_ERROR_LENGTH, MAX_RESULT_LENGTH, storable
+from ._text import MAX_ERROR_LENGTH, storable
 
 _ABANDON_AFTER = 1.0  # seconds after its task cancel that a killed attempt is abandoned at shutdown
 _HAND_OVER_LATER = 5.0  # seconds before a run that could not be checked or handed back is due again
@@ -251,12 +251,12 @@ class WorkerPool:
                     ending = None  # we cancelled it after its timeout, cancel or kill
                 else:
                     error = asyncio.CancelledError("job raised CancelledError")
-                    ending = self._failed(attempt, error)
+                    ending = failed(attempt, error, self._retry_if(attempt), self._log, self._with(attempt))
             except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a job never ends the host
                 error = exc.raised if isinstance(exc, _RaisedInThread) else exc
-                ending = self._failed(attempt, error)
+                ending = failed(attempt, error, self._retry_if(attempt), self._log, self._with(attempt))
             else:
-                ending = self._succeeded(attempt, value)
+                ending = succeeded(attempt, value, self._log, self._with(attempt))
             if recording:
                 final = ending or attempt.ending
                 outcome = final.outcome.value if final is not None else Outcome.KILLED.value
@@ -290,69 +290,9 @@ class WorkerPool:
         )
         return Ending(Outcome.REJECTED, storable(text, MAX_ERROR_LENGTH))
 
-    def _failed(self, attempt: Attempt, exc: BaseException) -> Ending:
-        text = Outcome.FAILED.error_text(exc)
-        stack = traceback_text(exc)
-        row = attempt.row
-        if isinstance(exc, Retry):
-            self._log.info(
-                "jobsd: run %s asks to be retried%s: %s",
-                row.run_id,
-                "" if exc.after is None else f" in {exc.after:g} s",
-                text,
-                extra=self._with(attempt),
-            )
-            return Ending(Outcome.FAILED, text, traceback=stack, retry_after=exc.after)
-        retry = self._retries(attempt, exc)
-        message = "jobsd: run %s failed (attempt %d)" + ("" if retry else "; its retry policy says no retry")
-        args = (row.run_id, row.run_total_count)
-        try:
-            self._log.error(message, *args, exc_info=exc, extra=self._with(attempt))
-        except BaseException:  # formatting the traceback called a hostile __str__
-            self._log.error(message + ": %s", *args, text, extra=self._with(attempt))
-        return Ending(Outcome.FAILED, text, traceback=stack, retry=retry)
-
-    def _retries(self, attempt: Attempt, exc: BaseException) -> bool:
-        """Whether the failure ``exc`` is retried: the row's policy, else the job's ``retry_if``."""
-        policy = RetryPolicy.from_json(attempt.row.retry_policy)
-        if policy is not None:
-            return policy.retries(exc)
+    def _retry_if(self, attempt: Attempt) -> RetryIf | None:
         job = self._jobs.get(attempt.row.job)
-        if job is None or job.retry_if is None:
-            return True
-        try:
-            return bool(job.retry_if(exc))
-        except Exception as problem:
-            self._log.error(
-                "jobsd: run %s: retry_if of job %r raised %s; retrying",
-                attempt.row.run_id,
-                attempt.row.job,
-                describe(problem),
-                extra=self._with(attempt),
-            )
-            return True
-
-    def _succeeded(self, attempt: Attempt, value: object) -> Ending:
-        """A returned value: success with its JSON, or a failure (never retried) if it has none."""
-        assert attempt.contract is not None
-        try:
-            text = attempt.contract.codec.encode_result(value)
-        except Exception as exc:  # not JSON, or nested too deep to encode
-            problem = describe(exc)
-        else:
-            if text is None or len(text) <= MAX_RESULT_LENGTH:
-                return Ending(Outcome.SUCCEEDED, result=text)
-            problem = (
-                f"ResultError: the result of job {attempt.row.job!r} is {len(text)} characters of JSON, "
-                f"more than the {MAX_RESULT_LENGTH} stored"
-            )
-        self._log.error(
-            "jobsd: run %s failed: its result cannot be stored (not retried): %s",
-            attempt.row.run_id,
-            problem,
-            extra=self._with(attempt),
-        )
-        return Ending(Outcome.FAILED, storable(problem, MAX_ERROR_LENGTH), retry=False)
+        return None if job is None else job.retry_if
 
     def _with(self, attempt: Attempt) -> dict[str, Any]:
         return {**self._extra, **attempt.log_extra}
