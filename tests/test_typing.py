@@ -49,7 +49,7 @@ async def use(ident: UUID) -> None:
     await stamp.create_run("not a uuid").run()  # E: Argument 1 to "create_run" of "Job" has incompatible type "str"; expected "UUID"
     await stamp.create_run(ident, colour="red").run()  # E: Unexpected keyword argument "colour"
     await jd.create_run("add", "anything").run()  # by name: checked at run time only
-    await jd.create_run(add, 1).run()  # E: No overload variant of "create_run" of "JobsD" matches argument types
+    await jd.create_run(add, 1).run()  # E: No overload variant of "create_run" of "RunsAPI" matches argument types
     await add.create_runs([add.args(1, 2), add.args(a=3, b=4), (5, 6)])
     await jd.create_runs(add, [add.args(1, b="x")])  # E: Argument "b" to "args" of "Job" has incompatible type "str"; expected "int"
     await jd.create_runs("add", [Args(1, 2), (3, 4)])
