@@ -14,9 +14,10 @@ under ``--peers-python`` (default: this interpreter if it can import pgqueuer, e
 ``/tmp/peers-venv/bin/python``). The jobsd_async children run under ``--jobsd-python``
 (default: ``$JOBSD_PYTHON``, else the ``.venv`` of the checkout, else that of the main git
 worktree) with ``PYTHONPATH=--jobsd-root`` (default: the checkout this script lives in), so
-they measure that checkout's code whatever is installed in the venv; the child checks where
-``jobsd_async`` was imported from and the commit is printed. Every child runs on the stdlib
-asyncio event loop (PgQueuer's ``pgq`` CLI would use uvloop; nobody gets it here).
+they measure that checkout's code whatever is installed in the venv (each child reports
+where ``jobsd_async`` was imported from, checked against the root; the commit is printed).
+Every child runs on the stdlib asyncio event loop (PgQueuer's ``pgq`` CLI would use uvloop;
+nobody gets it here).
 
 Databases: ``--dsn`` (default ``postgresql://postgres@127.0.0.1:5432/test``) and
 ``--mariadb-dsn`` (default ``mysql://root@127.0.0.1:3306/test``) are admin connections only.
@@ -39,7 +40,8 @@ Measures (each round; the summary prints the median and the range of ``--repeat`
   Procrastinate: ``run_worker_async(concurrency=--concurrency)`` over a psycopg pool of
   ``--procrastinate-pool-size`` connections. Procrastinate drains far slower, so it gets
   ``--procrastinate-jobs`` (default 2,000) jobs; jobsd then also burns down that many, in a
-  fresh database, for the ratio at the same N.
+  fresh database, for the ratio at the same N (start-up weighs more at small N: jobsd
+  drains 2,000 runs at a lower rate than 20,000).
 - create -> result round trip: after ``--warmup`` (50), ``--round-trips`` (500) sequential
   "enqueue one job, learn it finished", each timed; p50 and p99 per round.
   jobsd: ``run_id = await job.create_run().run(); await jd.wait_for_run(run_id)`` on the
@@ -48,9 +50,10 @@ Measures (each round; the summary prints the median and the range of ``--repeat`
   change notifications, then a status query; ``debounce=0``), with a continuous worker of
   ``batch_size=--pgqueuer-latency-batch-size`` (default 1: its status-log buffer flushes when
   it holds batch_size entries or on a ~0.1 s timer, so with batch 100 a lone job's completion
-  is recorded 0-0.12 s later). Procrastinate: ``defer_async`` then polling its jobs table for
-  ``status = 'succeeded'`` every ``--procrastinate-poll-ms`` (2) ms on a raw asyncpg
-  connection (it stores no results and sends no notification on completion).
+  is recorded about 0.1 s later: p50 about 107 ms here). Procrastinate: ``defer_async``
+  then polling its jobs table for ``status = 'succeeded'`` every ``--procrastinate-poll-ms``
+  (2) ms on a raw asyncpg connection (it stores no results and sends no notification on
+  completion; the sleep adds about 1 ms on average).
 - one-at-a-time: the same create-then-await loop, ``--single`` (500) times, as runs/s.
 - jobsd only, ``--backends`` (default ``postgresql,mariadb,sqlite``): on MariaDB and SQLite
   the burn-down, round trip and one-at-a-time as above (counting with SQLAlchemy on a
@@ -63,8 +66,9 @@ Measures (each round; the summary prints the median and the range of ``--repeat`
 Ratios are jobsd/peer: above 1 means jobsd is faster for rates, below 1 means jobsd is faster
 for latencies. The ratio printed is that of the medians; the range is that of the per-round
 ratios (the two libraries of a round ran minutes apart at most, under the same load).
-``--json FILE`` writes the settings, versions, every round (with the latency samples) and the
-summary.
+Then issue #14's targets are checked against the medians (cross-instance start: from the
+call, as ``throughput.py`` measures it). ``--json FILE`` writes the settings, versions, every
+round (with the latency samples) and the summary.
 """
 
 from __future__ import annotations
