@@ -1,0 +1,288 @@
+"""Python CPU per run on the PostgreSQL burn-down, and where it goes (issue #14: <= 25 us/run).
+
+    python benchmarks/profile_burn.py [--runs 20000] [--rounds 3] [--top 30]
+                                      [--output report.txt] [--stats burn.prof] [--no-profile]
+
+Runs with the project's venv; ``jobsd_async`` is imported from the checkout this script lives
+in (its root goes first on ``sys.path``), and the path and commit are printed.
+
+Each round works in a database of its own (``peers_<random>``, created and dropped by the same
+helper as ``peers.py``, after a ``CHECKPOINT``): ``--runs`` pending no-op runs are created with
+``create_runs`` by a ``workers=0`` instance (not measured), then ONE instance with
+``workers=--workers`` (100) and default settings drains them, in this process. The window runs
+from starting that instance until the runs table records every run complete (``count(*)``
+polled every 20 ms on a raw asyncpg connection, as ``peers.py`` does); the instance's
+shutdown is outside it. Per round:
+
+- **Python CPU per run**: ``time.process_time()`` over the window / runs. That is this
+  process's user + system CPU, so it includes the instance's start-up (printed separately,
+  about 1 us/run at 20,000 runs) and the poller (well under 1 us/run);
+- the wall-clock rate (runs/s), for orientation only: this figure is not the target;
+- the PostgreSQL server's CPU per run: utime + stime of every ``postgres`` process on this
+  host (``/proc``) over the window. It counts whatever else the server does meanwhile, so it
+  is only meaningful on an otherwise idle server.
+
+The rounds' median is the figure to compare before/after (the machine is noisy: take it on an
+idle machine, and compare runs taken the same way).
+
+Unless ``--no-profile``, one more round runs under cProfile (which inflates CPU several times:
+its numbers only compare with each other), and prints the top ``--top`` entries by cumulative
+and by internal time, and internal time grouped by package (asyncio, jobsd_async, sqlalchemy,
+asyncpg, ...). ``--output`` also writes everything printed to a file; ``--stats`` writes the raw
+profile (``python -m pstats FILE``, snakeviz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peers import (
+    BURN_POLL,
+    JOBSD_FINISHED,
+    jobsd_engine,
+    jobsd_enqueue,
+    jobsd_instance,
+    scratch_database,
+    with_scheme,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+# This checkout's jobsd_async, whatever the venv has installed (an editable install of another
+# worktree, say).
+sys.path.insert(0, str(ROOT))
+
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+@dataclass
+class Round:
+    runs: int
+    cpu_s: float
+    startup_cpu_s: float
+    wall_s: float
+    server_cpu_s: float | None
+
+    @property
+    def cpu_us_per_run(self) -> float:
+        return self.cpu_s / self.runs * 1e6
+
+    @property
+    def server_us_per_run(self) -> float | None:
+        return None if self.server_cpu_s is None else self.server_cpu_s / self.runs * 1e6
+
+
+def server_cpu() -> float | None:
+    """CPU seconds used so far by every ``postgres`` process on this host (None if unreadable)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    seen = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces: split after it.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name != "postgres":
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        seen = True
+    return total / ticks if seen else None
+
+
+async def burn(
+    dsn_admin: str, runs: int, workers: int, timeout: float, profiler: cProfile.Profile | None
+) -> Round:
+    import asyncpg
+
+    async with scratch_database(dsn_admin) as dsn:
+        poll = await asyncpg.connect(dsn)
+        engine: AsyncEngine = jobsd_engine(with_scheme(dsn, "postgresql+asyncpg"))
+        try:
+            await jobsd_enqueue(engine, runs)
+            jd, _ = jobsd_instance(engine, workers=workers)
+            gc.collect()
+            server_before = server_cpu()
+            deadline = time.perf_counter() + timeout
+            if profiler is not None:
+                profiler.enable()
+            wall_before, cpu_before = time.perf_counter(), time.process_time()
+            async with jd:
+                startup = time.process_time() - cpu_before
+                while (done := await poll.fetchval(JOBSD_FINISHED)) < runs:
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError(f"{done} of {runs} runs complete after {timeout}s")
+                    await asyncio.sleep(BURN_POLL)
+                cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+                if profiler is not None:
+                    profiler.disable()
+                server_after = server_cpu()
+            server = None if server_before is None or server_after is None else server_after - server_before
+            return Round(runs, cpu, startup, wall, server)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+            await engine.dispose()
+            await poll.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Profile presentation
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def short_path(path: str) -> str:
+    """A file name short enough to read, long enough to tell packages apart."""
+    if path.startswith(("~", "<")):
+        return path
+    resolved = Path(path)
+    for base in (ROOT, STDLIB):
+        if resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1]
+    return path
+
+
+def shorten(stats: pstats.Stats) -> None:
+    """Rewrite the file names in ``stats`` (what ``strip_dirs`` does, keeping the package)."""
+    raw: dict[Any, Any] = vars(stats)["stats"]
+
+    def key(func: tuple[str, int, str]) -> tuple[str, int, str]:
+        return (short_path(func[0]), func[1], func[2])
+
+    vars(stats)["stats"] = {
+        key(func): (cc, nc, tt, ct, {key(caller): value for caller, value in callers.items()})
+        for func, (cc, nc, tt, ct, callers) in raw.items()
+    }
+
+
+IDLE = "idle"
+
+
+def group_of(path: str, name: str) -> str:
+    """The package (or stdlib module) a profile entry belongs to; C functions by their owner."""
+    if path == "~":
+        if name == "<method 'poll' of 'select.epoll' objects>":
+            return IDLE
+        for owner in ("asyncpg", "sqlalchemy", "msgspec"):
+            if owner in name:
+                return f"{owner} (C)"
+        if "_asyncio" in name or "select" in name or "epoll" in name:
+            return "asyncio (C)"
+        return "builtins"
+    first = path.split("/", 1)[0]
+    return first.removesuffix(".py")
+
+
+def by_package(stats: pstats.Stats, runs: int) -> list[str]:
+    raw: dict[Any, Any] = vars(stats)["stats"]
+    totals: dict[str, float] = defaultdict(float)
+    for (path, _line, name), (_cc, _nc, tt, _ct, _callers) in raw.items():
+        totals[group_of(path, name)] += tt
+    idle = totals.pop(IDLE, 0.0)
+    whole = sum(totals.values())
+    lines = [
+        f"internal time by package (profiled; {whole / runs * 1e6:.1f} us/run in all, not counting "
+        f"{idle / runs * 1e6:.1f} us/run waiting in epoll: cProfile's clock is wall time):"
+    ]
+    for label, tt in sorted(totals.items(), key=lambda kv: -kv[1]):
+        if tt / whole >= 0.005:
+            lines.append(f"  {label:24s} {tt / runs * 1e6:7.1f} us/run  {tt / whole:6.1%}")
+    return lines
+
+
+def profile_text(profiler: cProfile.Profile, runs: int, top: int) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    shorten(stats)
+    for order in ("cumulative", "tottime"):
+        out.write(f"\n=== top {top} by {order} (profiled round) ===\n")
+        stats.sort_stats(order).print_stats(top)
+    out.write("\n" + "\n".join(by_package(stats, runs)) + "\n")
+    return out.getvalue()
+
+
+def git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test", help="admin DSN")
+    parser.add_argument("--runs", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3, help="unprofiled rounds (0: profile only)")
+    parser.add_argument("--workers", type=int, default=100)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile round")
+    parser.add_argument("--output", type=Path, help="also write the report here")
+    parser.add_argument("--stats", type=Path, help="write the raw cProfile stats here")
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+
+    import jobsd_async
+
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    dirty = " (jobsd_async/ modified)" if git("status", "--porcelain", "--", "jobsd_async") else ""
+    say(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    say(f"jobsd_async from {Path(jobsd_async.__file__).parent} at {git('rev-parse', 'HEAD')}{dirty}")
+    say(f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, PostgreSQL")
+    rounds: list[Round] = []
+    for index in range(args.rounds):
+        r = await burn(args.dsn, args.runs, args.workers, args.timeout, None)
+        rounds.append(r)
+        server = f"{r.server_us_per_run:.0f}" if r.server_us_per_run is not None else "?"
+        say(
+            f"  round {index + 1}: Python CPU {r.cpu_us_per_run:5.1f} us/run "
+            f"(start-up {r.startup_cpu_s * 1000:.0f} ms of it) | {r.runs / r.wall_s:7.0f} runs/s | "
+            f"postgres processes {server} us/run"
+        )
+    if rounds:
+        cpu = [r.cpu_us_per_run for r in rounds]
+        median, low, high = statistics.median(cpu), min(cpu), max(cpu)
+        say(f"Python CPU per run: median {median:.1f} us (rounds {low:.1f}-{high:.1f})")
+    if not args.no_profile:
+        profiler = cProfile.Profile()
+        r = await burn(args.dsn, args.runs, args.workers, args.timeout, profiler)
+        say(f"profiled round: Python CPU {r.cpu_us_per_run:.1f} us/run under cProfile")
+        if args.stats:
+            profiler.dump_stats(args.stats)
+            say(f"raw profile written to {args.stats}")
+        say(profile_text(profiler, args.runs, args.top))
+    say(f"load average after: {os.getloadavg()}")
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
