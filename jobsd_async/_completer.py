@@ -1,7 +1,9 @@
 """Writing how attempts ended: plan each follow-up, then write them in batches until they land.
 
 Used for the attempts this instance runs and for the rows its resurrector takes over.
-Completions arriving within ``_FLUSH_DELAY`` share one transaction, up to ``_BATCH_MAX``
+A completion arriving while no batch is being written is written at once (with those
+ending in the same turn of the event loop); while one is, completions arriving within
+``_FLUSH_DELAY`` share the next transaction, up to ``_BATCH_MAX``
 of them and ``_BATCH_CHARS`` characters of text (arguments copied to follow-ups, results,
 errors), so a batch stays well inside a server's packet limit.
 
@@ -45,6 +47,7 @@ _BATCH_CHARS = 1_000_000  # characters of stored text per transaction (one bigge
 _FLUSH_DELAY = 0.002  # seconds a completion waits for others to share its transaction
 _CLOSE_TIMEOUT = 10.0  # seconds close() waits for buffered completions to be written
 _ITEM_OVERHEAD = 500  # characters a completion costs besides its texts
+_ANNOUNCE_TIMEOUT = 1.0  # seconds, at most, for telling other instances' waiters
 _REFUSALS = 3  # failed writes of one completion alone (with backoff) before it is made simpler
 
 Written = Completed | None
@@ -121,7 +124,11 @@ class Completer:
         if len(self._pending) >= _BATCH_MAX or self._pending_size >= _BATCH_CHARS:
             self._start_flush()
         elif self._flush_timer is None:
-            self._flush_timer = loop.call_later(_FLUSH_DELAY, self._start_flush)
+            # With no write under way nothing is gained by waiting: write once the callbacks
+            # ready now have run (completions ending together still share it).  Otherwise
+            # wait a little for others to share the next transaction.
+            delay = _FLUSH_DELAY if self._flushes else 0.0
+            self._flush_timer = loop.call_later(delay, self._start_flush)
         return pending.future
 
     async def close(self) -> int:
@@ -167,8 +174,22 @@ class Completer:
             for pending in batch:
                 pending.future.cancel()
             return sum(1 for p in batch if not p.future.done() or p.future.cancelled())
-        self._on_chain_change({p.item.row.run_id for p in batch})
+        run_ids = {p.item.row.run_id for p in batch}
+        self._on_chain_change(run_ids)
+        if self._store.dialect.is_postgresql:
+            await self._announce(run_ids)
         return 0
+
+    async def _announce(self, run_ids: set[int]) -> None:
+        """Wake the ``wait_for_run`` callers of these runs on other instances (best effort:
+        without it they notice at their next re-check)."""
+        try:
+            async with asyncio.timeout(_ANNOUNCE_TIMEOUT):
+                await self._store.dialect.retrying(
+                    lambda conn: _complete.announce(self._store, conn, run_ids), one_statement=True
+                )
+        except Exception as exc:
+            self._log.debug("jobsd: announcing completions failed: %s", exc, extra=self._extra)
 
     async def _write(self, batch: list[_Pending]) -> None:
         """Write ``batch``: again while the database is away, in halves if it refuses one item."""
@@ -179,7 +200,9 @@ class Completer:
                 results = await self._store.dialect.retrying(
                     lambda conn, items=items: _complete.complete_many(  # type: ignore[misc]
                         self._store, conn, items, instance_id=self._id
-                    )
+                    ),
+                    # Closing rows is idempotent (a closed row is skipped); follow-ups are not.
+                    one_statement=_complete.in_one_statement(self._store, items),
                 )
             except Exception as exc:
                 refused = self._store.dialect.refuses(exc)

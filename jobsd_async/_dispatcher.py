@@ -227,7 +227,10 @@ class Dispatcher:
                     limit=free,
                     instance_id=self._id,
                     avoid=list(self._avoid),
-                )
+                ),
+                # One UPDATE where the dialect returns what it changed; a claim whose answer
+                # is lost is handed over by the timeout check, so it may run again.
+                one_statement=store.dialect.update_returning,
             )
         except DRIVER_ERRORS as exc:
             # The claim may have committed before the error: such rows are ours but not

@@ -4,8 +4,10 @@ The heartbeat writes through a connection of its own, so a connection pool empti
 running jobs never delays a beat (three late beats and peers take the instance for dead
 and re-run its live jobs).  On PostgreSQL the same connection ``LISTEN``s: every insert of
 runs notifies ``{prefix}new`` (on commit), and listening instances try a claim at once;
-``cancel_run`` notifies ``{prefix}cancel`` with ``owner:row``.  Both are shortcuts only:
-the poller and the heartbeat's cancel check remain.
+``cancel_run`` notifies ``{prefix}cancel`` with ``owner:row``; each batch of completions
+notifies ``{prefix}done`` with the run ids it touched, which wakes their ``wait_for_run``
+callers.  All are shortcuts only: the poller, the heartbeat's cancel check and the
+waiters' own re-checks remain.
 
 A lost connection (a restart, ``pg_terminate_backend``, MariaDB ``KILL``) is dropped and
 opened again at the next use.  On PostgreSQL the connection is named
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -38,17 +40,14 @@ class Lifeline:
         dialect: Dialect,
         instance_id: int,
         *,
-        channels: tuple[str, str] | None,
-        on_new: Callable[[], None],
-        on_cancel: Callable[[int], None],
+        channels: Mapping[str, Callable[[str], None]] | None,
         logger: logging.Logger,
     ) -> None:
         self._engine = engine
         self._dialect = dialect
         self._id = instance_id
-        self._channels = channels  # (new rows, cancels) to LISTEN on; None: no LISTEN
-        self._on_new = on_new
-        self._on_cancel = on_cancel
+        # Channel -> what to do with a notification's payload; None: no LISTEN.
+        self._channels = {name: _listener(on) for name, on in channels.items()} if channels else None
         self._log = logger
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
@@ -95,9 +94,8 @@ class Lifeline:
                 await conn.commit()
             if self._channels is not None:
                 driver: Any = (await conn.get_raw_connection()).driver_connection
-                new, cancel = self._channels
-                await driver.add_listener(new, self._new_rows)
-                await driver.add_listener(cancel, self._cancelled)
+                for channel, listener in self._channels.items():
+                    await driver.add_listener(channel, listener)
                 self._driver = driver
         except BaseException:
             await _discard(conn)
@@ -117,18 +115,19 @@ class Lifeline:
         if unlisten and driver is not None and not driver.is_closed() and self._channels is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
-                    await driver.remove_listener(self._channels[0], self._new_rows)
-                    await driver.remove_listener(self._channels[1], self._cancelled)
+                    for channel, listener in self._channels.items():
+                        await driver.remove_listener(channel, listener)
         # Never back to the pool: its session was changed (application_name, LISTEN).
         await _discard(conn)
 
-    def _new_rows(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
-        self._on_new()
 
-    def _cancelled(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        owner, _, row_id = payload.partition(":")
-        if owner == str(self._id) and row_id.isdigit():
-            self._on_cancel(int(row_id))
+def _listener(on_payload: Callable[[str], None]) -> Callable[[object, int, str, str], None]:
+    """An asyncpg listener calling ``on_payload`` with the notification's payload."""
+
+    def listener(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        on_payload(payload)
+
+    return listener
 
 
 async def _discard(conn: AsyncConnection) -> None:

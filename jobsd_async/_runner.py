@@ -101,17 +101,17 @@ class Runner:
         self.dispatcher.pool = self.pool
         self._listen_engine: AsyncEngine | None = None  # ours, for ``listen=URL``
         engine = store.dialect.engine
-        listening = store.dialect.is_postgresql and config.workers > 0 and config.listen is not False
+        listening = store.dialect.is_postgresql and config.listen is not False
         if listening and isinstance(config.listen, str):  # e.g. the server itself, behind a PgBouncer
             engine = self._listen_engine = create_async_engine(config.listen, poolclass=NullPool)
+        channels: dict[str, Callable[[str], None]] = {
+            store.done_channel: lambda payload: on_chain_change(_run_ids(payload))
+        }
+        if config.workers > 0:
+            channels[store.new_channel] = lambda _: self.dispatcher.wake()
+            channels[store.cancel_channel] = self._cancel_notice
         lifeline = Lifeline(
-            engine,
-            store.dialect,
-            instance_id,
-            channels=(store.new_channel, store.cancel_channel) if listening else None,
-            on_new=self.dispatcher.wake,
-            on_cancel=self.cancel_local,
-            logger=config.logger,
+            engine, store.dialect, instance_id, channels=channels if listening else None, logger=config.logger
         )
         self.heartbeat = Heartbeat(
             config=config,
@@ -217,7 +217,17 @@ class Runner:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""
         self.pool.stop(row_id, Outcome.CANCELLED)
 
+    def _cancel_notice(self, payload: str) -> None:
+        owner, _, row_id = payload.partition(":")
+        if owner == str(self._id) and row_id.isdigit():
+            self.cancel_local(int(row_id))
+
     async def _prune(self, retention: float) -> None:
         deleted = await _prune.prune(self._store, older_than=retention)
         if deleted:
             self._log.info("jobsd: pruned %d finished runs", deleted, extra=self._extra)
+
+
+def _run_ids(payload: str) -> list[int]:
+    """The run ids of a ``{prefix}done`` notification (anything else in it is ignored)."""
+    return [int(part) for part in payload.split(",") if part.isdigit()]

@@ -20,7 +20,8 @@ from ._submission import Submitter
 from ._waiters import Waiters
 
 P = ParamSpec("P")
-_WAIT_POLL_MAX = 0.25  # seconds between checks of a chain finishing on another instance
+_WAIT_POLL_FIRST = 0.005  # seconds before wait_for_run's first re-check, doubling ...
+_WAIT_POLL_MAX = 0.25  # ... up to this: checks of a chain finishing unannounced elsewhere
 _MAX_ID = 2**63 - 1  # the largest id a BIGINT column holds
 
 
@@ -163,14 +164,15 @@ class RunsAPI:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""
         run_id = _run_id(run_id)
         seconds = to_seconds("timeout", timeout, allow_none=True)
-        pause = 0.005
+        pause = _WAIT_POLL_FIRST
         async with asyncio.timeout(seconds):
             while True:
                 state = await self.get_run_state(run_id)
                 if state.status.finished:
                     return state
-                # News of this chain written here wakes us at once; others are noticed by
-                # the re-check, at growing intervals.
+                # News of this chain written here (or, on PostgreSQL, announced by another
+                # instance) wakes us at once; anything else is noticed by the re-check, at
+                # growing intervals.
                 await self._waiters.wait(run_id, pause)
                 pause = min(pause * 2, _WAIT_POLL_MAX)
 

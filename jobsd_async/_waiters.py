@@ -1,8 +1,10 @@
 """Callers of ``wait_for_run``, by run id: each is woken by news of its own chain only.
 
 A completion written here, or a ``cancel_run`` made here, wakes the waiters of that run
-id (who then read its state once).  Chains that finish on another instance are noticed
-by each waiter's own re-check, at growing intervals.
+id (who then read its state once); so does, on PostgreSQL, the ``{prefix}done``
+notification of a completion written by another instance.  Without it (other databases,
+``listen=False``) chains that finish elsewhere are noticed by each waiter's own re-check,
+at growing intervals.
 """
 
 from __future__ import annotations

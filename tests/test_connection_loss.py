@@ -117,18 +117,18 @@ class ServerConnections:
             rows = (await conn.execute(text("SELECT ID FROM information_schema.PROCESSLIST"))).all()
             return {int(i) for (i,) in rows} & {i for i, _ in self.ids}
 
-    async def listeners(self, prefix: str) -> set[int]:
-        """PostgreSQL: recorded connections that are instances' listening lifelines.
+    async def listeners(self, prefix: str, *, of: JobsD | None = None) -> set[int]:
+        """PostgreSQL: recorded connections that are instances' listening lifelines (all, or
+        the one of instance ``of``).
 
         (``prefix`` is the test's: only its own connections are recorded anyway.)
         """
+        instance = "%" if of is None else str(of.instance_id)
         async with self.killer.connect() as conn:
             rows = (
                 await conn.execute(
-                    text(
-                        "SELECT pid, backend_start FROM pg_stat_activity"
-                        " WHERE application_name LIKE 'jobsd lifeline #% listening'"
-                    )
+                    text("SELECT pid, backend_start FROM pg_stat_activity WHERE application_name LIKE :name"),
+                    {"name": f"jobsd lifeline #{instance} listening"},
                 )
             ).all()
         mine = set(self.ids)
@@ -274,7 +274,7 @@ async def test_connections_killed_under_load(
         producer = JobsD(own, table_prefix=table_prefix, workers=0, poll_interval=SLOW_POLL, **FAST)
         remote_job = producer.register_job("remote", remote)
         instances += [woken, producer]
-        listening = 3  # a producer without workers does not listen
+        listening = 4  # a producer without workers listens too: for its waiters
 
     created: list[int] = []
 
@@ -374,10 +374,10 @@ async def test_listener_killed_comes_back(
 
         async def one() -> bool:
             nonlocal found
-            found = await killer.listeners(table_prefix)
+            found = await killer.listeners(table_prefix, of=worker)
             return len(found) == 1
 
-        await eventually(one, timeout=4 * HEARTBEAT + 2, what="one LISTEN connection")
+        await eventually(one, timeout=4 * HEARTBEAT + 2, what="the worker's LISTEN connection")
         return found.pop()
 
     async def woken() -> None:

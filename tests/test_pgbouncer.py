@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunState, RunStatus
+from jobsd_async._store._dialect import Dialect
 
 pytestmark = pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
 
@@ -203,3 +204,17 @@ async def test_listen_through_pgbouncer_still_runs_every_run_exactly_once(make_b
     async with a, b:
         await run_many([a, b], total)
         await assert_each_row_ran_once(a, executions, total)
+
+
+async def test_only_engines_with_a_statement_cache_skip_begin_and_commit(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """Reads and one-statement writes run without BEGIN/COMMIT on a plain PostgreSQL engine;
+    an engine set up for PgBouncer (no prepared statement cache) keeps its transactions,
+    whose statements PgBouncer keeps on one server connection."""
+    assert (await Dialect.detect(engine)).autocommit
+    bounced_style = create_async_engine(database_url, **asyncpg_engine_kwargs())
+    try:
+        assert not (await Dialect.detect(bounced_style)).autocommit
+    finally:
+        await bounced_style.dispose()

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 from conftest import MakeJobsD
 
+import jobsd_async._runs_api as runs_api
 from jobsd_async import RunState
 
 LONGEST_PAUSE = 0.25  # wait_for_run re-checks at 5 ms, doubling up to 250 ms
@@ -41,3 +42,34 @@ async def test_a_waiter_is_not_woken_by_other_runs_completions(
     # Only its own growing re-checks: the doubling pauses, then one every LONGEST_PAUSE.
     doubling = 7  # 5, 10, 20, 40, 80, 160 ms, then 250 ms
     assert reads[far] <= 1 + doubling + elapsed / LONGEST_PAUSE + 2, (reads[far], elapsed)
+
+
+async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
+    make_jobsd: MakeJobsD, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: the instance that wrote a completion announces it (NOTIFY), and a
+    worker-less instance waiting for that run wakes without re-checking."""
+    if backend != "postgresql":
+        pytest.skip("completions are announced by PostgreSQL NOTIFY only")
+    # Re-checks an hour apart: only the announcement can end the wait in time.
+    monkeypatch.setattr(runs_api, "_WAIT_POLL_FIRST", 3600.0)
+    monkeypatch.setattr(runs_api, "_WAIT_POLL_MAX", 3600.0)
+    release = asyncio.Event()
+
+    async def gated() -> str:
+        await release.wait()
+        return "done"
+
+    worker = make_jobsd()
+    worker.register_job("gated", gated)
+    producer = make_jobsd(workers=0)
+    job = producer.register_job("gated", gated)
+    async with worker, producer:
+        run_id = await job.create_run().run()
+        waiting = asyncio.create_task(producer.wait_for_run(run_id, timeout=30))
+        while run_id not in producer._waiters._waiting:  # it read the run unfinished, and waits
+            await asyncio.sleep(0.01)
+        release.set()
+        state = await waiting
+    assert state.result == "done"
+    assert state.run_started_by == worker.instance_id

@@ -7,7 +7,7 @@ take it in between, and a chain that ends frees it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,6 +96,24 @@ async def complete_many(
         else:
             results.append(None)
     return results
+
+
+async def announce(store: Store, conn: AsyncConnection, run_ids: Collection[int]) -> None:
+    """PostgreSQL: tell listening instances these chains changed (their waiters re-read).
+
+    The payload is the ids, comma-separated: a batch of at most 200 fits the 8,000 bytes a
+    notification may carry.
+    """
+    stmt = store.statement(
+        "announce", lambda: select(func.pg_notify(store.done_channel, bindparam("ids", type_=Text)))
+    )
+    await conn.execute(stmt, {"ids": ",".join(map(str, run_ids))})
+
+
+def in_one_statement(store: Store, items: Sequence[Completion]) -> bool:
+    """Whether :func:`complete_many` writes ``items`` with one statement (PostgreSQL, no
+    follow-ups)."""
+    return store.dialect.is_postgresql and all(i.follow_up is None for i in items)
 
 
 async def _close_in_one_statement(

@@ -38,7 +38,10 @@ TIMEOUT = "p_timeout"  # seconds after the database clock: run_timeout_at
 def clock_plus(store: Store, seconds_bind: str) -> ColumnElement[datetime]:
     """The database clock plus the seconds given by the parameter ``seconds_bind``."""
     dialect = store.dialect
-    return dialect.add_seconds(dialect.now(), bindparam(seconds_bind, type_=Float))
+    return store.statement(
+        ("clock plus", seconds_bind),
+        lambda: dialect.add_seconds(dialect.now(), bindparam(seconds_bind, type_=Float)),
+    )
 
 
 async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> tuple[int, bool]:

@@ -51,13 +51,23 @@ class Dialect:
         # MariaDB and -15% on SQLite (benchmarks/throughput.py): there the claim path stays.
         self.direct_start = self.name == "postgresql" and self.insert_returning
         self.flavor = flavor_of(engine.dialect)  # tells MariaDB from MySQL, once connected
+        self._now: ColumnElement[datetime] | None = None
+        # Reads and one-statement writes without BEGIN/COMMIT (PostgreSQL; see detect()).
+        self.autocommit = False
 
     @classmethod
     async def detect(cls, engine: AsyncEngine) -> Dialect:
         """Connect once so server-dependent capabilities (MariaDB's RETURNING) are known."""
         async with engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
+            # Behind PgBouncer in transaction mode a statement prepared outside a transaction
+            # may be executed on another server connection.  The engines documented for it
+            # have no prepared statement cache (asyncpg's adapter then holds None): they keep
+            # BEGIN/COMMIT.
+            adapted = (await conn.get_raw_connection()).dbapi_connection
+            cached = getattr(adapted, "_prepared_statement_cache", None) is not None
         dialect = cls(engine)
+        dialect.autocommit = dialect.is_postgresql and cached
         if dialect.name == "sqlite":
             async with engine.connect() as conn:
                 # WAL lets readers run beside the single writer; it persists in the file.
@@ -78,6 +88,12 @@ class Dialect:
 
     def now(self) -> ColumnElement[datetime]:
         """The database clock as a SQL expression (the statement's start, not the transaction's)."""
+        now = self._now
+        if now is None:  # built once: hot statements render it per call
+            now = self._now = self._build_now()
+        return now
+
+    def _build_now(self) -> ColumnElement[datetime]:
         if self.name == "postgresql":
             # now() is the transaction's start: in a caller's long transaction (transactional
             # enqueue) run_after(d) would count from its BEGIN.
@@ -107,9 +123,18 @@ class Dialect:
             yield conn
 
     @asynccontextmanager
-    async def _transaction(self, progress: _Progress) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn, self.transaction_on(conn, progress) as same:
-            yield same
+    async def _transaction(
+        self, progress: _Progress, *, one_statement: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            if one_statement and self.autocommit:
+                # A single statement is atomic on its own: without BEGIN and COMMIT it costs
+                # one round trip instead of three.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+                return
+            async with self.transaction_on(conn, progress) as same:
+                yield same
 
     @asynccontextmanager
     async def transaction_on(
@@ -130,19 +155,32 @@ class Dialect:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection for reads; its implicit transaction ends with it."""
+        """A pooled connection for reads; its implicit transaction ends with it.
+
+        On PostgreSQL it reads in autocommit mode: each statement sees what was committed
+        when it started (as under READ COMMITTED) and costs one round trip, not three.
+        """
         async with self.engine.connect() as conn:
+            if self.autocommit:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
-    async def retrying(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def retrying(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, one_statement: bool = False
+    ) -> T:
         """Run ``work`` in a transaction, again on deadlocks and lock timeouts, and once on a
         connection found dead before ``COMMIT`` (a stale pooled connection, a terminated
-        backend): that transaction was not committed, so running it again is safe."""
+        backend): that transaction was not committed, so running it again is safe.
+
+        ``one_statement``: ``work`` writes with one statement that may run again even if
+        its first run landed (it is idempotent, or what it did is recovered anyway, like a
+        claim whose answer was lost); PostgreSQL then runs it without BEGIN and COMMIT.
+        """
         reconnected = False
         for attempt in range(_TRANSIENT_RETRIES):
             progress = _Progress()
             try:
-                async with self._transaction(progress) as conn:
+                async with self._transaction(progress, one_statement=one_statement) as conn:
                     return await work(conn)
             except DBAPIError as exc:
                 if progress.committing or attempt == _TRANSIENT_RETRIES - 1:

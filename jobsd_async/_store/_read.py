@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import BindParameter, Select, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._clock import DbClock
@@ -14,11 +14,12 @@ from ._rows import RunRow, Store
 
 async def latest_of_chain(store: Store, conn: AsyncConnection, run_id: int) -> RunRow | None:
     """The newest row of the chain whose first row is ``run_id`` (or that row itself)."""
-    row = (await conn.execute(latest_statement(store, run_id))).mappings().first()
+    stmt = store.statement("latest of chain", lambda: latest_statement(store, bindparam("run_id")))
+    row = (await conn.execute(stmt, {"run_id": run_id})).mappings().first()
     return None if row is None else RunRow.of(row)
 
 
-def latest_statement(store: Store, run_id: int) -> Select[Any]:
+def latest_statement(store: Store, run_id: int | BindParameter[Any]) -> Select[Any]:
     runs = store.runs
     return (
         select(runs)

@@ -50,6 +50,11 @@ class Store:
         return self.runs.name.removesuffix("runs") + "new"
 
     @property
+    def done_channel(self) -> str:
+        """PostgreSQL NOTIFY channel carrying the run ids of each batch of completions."""
+        return self.runs.name.removesuffix("runs") + "done"
+
+    @property
     def cancel_channel(self) -> str:
         """PostgreSQL NOTIFY channel carrying ``cancel_run`` to the owner (``owner:row``)."""
         return self.runs.name.removesuffix("runs") + "cancel"
