@@ -12,6 +12,7 @@ from conftest import MakeJobsD
 
 import jobsd_async._runs_api as runs_api
 from jobsd_async import RunState
+from jobsd_async._waiters import Waiters
 
 LONGEST_PAUSE = 0.25  # wait_for_run re-checks at 5 ms, doubling up to 250 ms
 
@@ -55,6 +56,14 @@ async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
     monkeypatch.setattr(runs_api, "_WAIT_POLL_FIRST", 3600.0)
     monkeypatch.setattr(runs_api, "_WAIT_POLL_MAX", 3600.0)
     release = asyncio.Event()
+    waits = asyncio.Event()
+    wait = Waiters.wait
+
+    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> bool:
+        waits.set()
+        return await wait(self, run_id, timeout)
+
+    monkeypatch.setattr(Waiters, "wait", waiting_for_news)
 
     async def gated() -> str:
         await release.wait()
@@ -67,8 +76,7 @@ async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
     async with worker, producer:
         run_id = await job.create_run().run()
         waiting = asyncio.create_task(producer.wait_for_run(run_id, timeout=30))
-        while run_id not in producer._waiters._waiting:  # it read the run unfinished, and waits
-            await asyncio.sleep(0.01)
+        await waits.wait()  # it read the run unfinished, and waits
         release.set()
         state = await waiting
     assert state.result == "done"
