@@ -191,7 +191,7 @@ class Job(Generic[P, R]):
         self.options = options
         self.retry_if = retry_if
         self._owner = owner
-        self._periodic: Periodic | None = None
+        self._periodic: Periodic | None = None  # set by register_job; read by the reconciler
 
     @property
     def periodic(self) -> BuiltinSchedule | None:
@@ -204,11 +204,6 @@ class Job(Generic[P, R]):
         if self._periodic is None:
             return None
         return Args(*self._periodic.args, **self._periodic.kwargs)
-
-    @property
-    def periodic_declaration(self) -> Periodic | None:
-        """(Internal) the validated periodic declaration the reconciler applies."""
-        return self._periodic
 
     @property
     def run_timeout(self) -> float | None:

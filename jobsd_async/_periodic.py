@@ -165,7 +165,7 @@ class Reconciler:
         for job_name in sorted(self.leading):
             job = self._jobs[job_name]
             row = chains.get(chain_name(job_name))
-            declared: Periodic | None = job.periodic_declaration
+            declared: Periodic | None = job._periodic
             if declared is None:
                 if row is not None and row.run_started_at is None:
                     await self._end(row)
@@ -183,7 +183,7 @@ class Reconciler:
         job = self._jobs.get(row.job)
         if job is None or row.job not in self.leading or row.name != chain_name(row.job):
             return row
-        declared = job.periodic_declaration
+        declared = job._periodic
         if declared is None:
             return None
         wanted, _ = self._definition(job, declared)

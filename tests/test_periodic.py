@@ -271,6 +271,7 @@ async def test_an_instance_of_a_release_without_periodic_jobs_is_not_asked(make_
             older_release = {k: v for k, v in own.items() if k != "id"}
             older_release.update(job_signatures='{"report":"abc"}', last_seen_at=now())
             result = await conn.execute(instances.insert().values(**older_release))
+            assert result.inserted_primary_key is not None
             assert result.inserted_primary_key[0] > jd.instance_id
         [row] = await open_chain(jd)
         assert await jd.cancel_run(row["id"])
