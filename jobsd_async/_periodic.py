@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ._config import MAX_NAME_LENGTH, Config
@@ -165,7 +164,7 @@ class Reconciler:
         for job_name in sorted(self.leading):
             job = self._jobs[job_name]
             row = chains.get(chain_name(job_name))
-            declared: Periodic | None = job._periodic
+            declared = job._periodic
             if declared is None:
                 if row is not None and row.run_started_at is None:
                     await self._end(row)
@@ -186,13 +185,12 @@ class Reconciler:
         declared = job._periodic
         if declared is None:
             return None
-        wanted, _ = self._definition(job, declared)
-        return dataclasses.replace(row, **wanted)
+        return dataclasses.replace(row, **self._definition(job, declared))
 
-    def _definition(self, job: Job[Any], declared: Periodic) -> tuple[dict[str, Any], datetime]:
-        """The definition columns of ``job``'s chain, and when its first row would be due."""
-        values, due = self._submitter.first_row(job, declared.request(job))
-        return {key: values[key] for key in DEFINITION}, due
+    def _definition(self, job: Job[Any], declared: Periodic) -> dict[str, Any]:
+        """The definition columns of ``job``'s chain, as its creation would write them."""
+        values, _ = self._submitter.first_row(job, declared.request(job))
+        return {key: values[key] for key in DEFINITION}
 
     async def _create(self, job: Job[Any], declared: Periodic) -> None:
         run_id = await self._submitter.one(job, declared.request(job), None)
@@ -205,7 +203,7 @@ class Reconciler:
         )
 
     async def _redefine(self, job: Job[Any], declared: Periodic, row: RunRow) -> None:
-        wanted, _ = self._definition(job, declared)
+        wanted = self._definition(job, declared)
         current = {key: getattr(row, key) for key in DEFINITION}
         if current == wanted:
             return
@@ -225,11 +223,11 @@ class Reconciler:
             self._dispatcher.enqueue(row.id, due)
         changed = sorted(key for key in DEFINITION if current[key] != wanted[key])
         self._log.info(
-            "jobsd: periodic job %r: chain %s now follows the code (%s changed: %s)",
+            "jobsd: periodic job %r: chain %s now follows the code (%s; changed: %s)",
             job.name,
             row.run_id,
-            ", ".join(changed),
             _describe_schedule(row.schedule, wanted["schedule"]),
+            ", ".join(changed),
             extra={**self._extra, "run_id": row.run_id, "job": job.name},
         )
 

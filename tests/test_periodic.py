@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -84,7 +85,14 @@ async def test_instances_starting_at_once_converge_to_one_chain(make_jobsd: Make
     assert leading == [max(jd.instance_id for jd in jds)]
 
 
-async def test_restarting_does_not_duplicate_the_chain(make_jobsd: MakeJobsD) -> None:
+def rewrites(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "now follows the code" in r.getMessage()]
+
+
+async def test_restarting_does_not_duplicate_the_chain(
+    make_jobsd: MakeJobsD, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobsd_async")
     jd = make_jobsd()
     register_report(jd, periodic=every(HOUR))
     async with jd:
@@ -96,9 +104,13 @@ async def test_restarting_does_not_duplicate_the_chain(make_jobsd: MakeJobsD) ->
     async with other:
         assert await open_chain(other) == [row]
     assert len(chain_rows(await fetch_runs(jd))) == 1
+    assert rewrites(caplog) == []  # the stored definition compares equal to the code's
 
 
-async def test_a_changed_schedule_in_code_rewrites_the_pending_chain(make_jobsd: MakeJobsD) -> None:
+async def test_a_changed_schedule_in_code_rewrites_the_pending_chain(
+    make_jobsd: MakeJobsD, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobsd_async")
     old = make_jobsd()
     register_report(old, periodic=every(HOUR), periodic_args=("v1",))
     async with old:
@@ -114,6 +126,8 @@ async def test_a_changed_schedule_in_code_rewrites_the_pending_chain(make_jobsd:
     assert (after["job_args"], after["job_kwargs"]) == ("[]", '{"tag":"v2"}')
     assert after["run_timeout"] == 7
     assert after["run_at"] > now() + timedelta(seconds=2 * HOUR - 60)  # due time recomputed
+    [rewrite] = rewrites(caplog)
+    assert "every:3600.0 -> every:7200.0" in rewrite
 
 
 async def test_only_the_newest_instance_decides_during_a_rolling_deploy(make_jobsd: MakeJobsD) -> None:
@@ -141,7 +155,7 @@ async def test_a_running_attempt_finishes_and_its_follow_up_follows_the_new_code
     started, release = asyncio.Event(), asyncio.Event()
     old = make_jobsd(workers=1, timeout_check=HOUR)
 
-    @old.job("report", periodic=every(0.2), periodic_args=("v1",))
+    @old.job("report", periodic=every(2), periodic_args=("v1",))
     async def report(tag: str) -> str:
         started.set()
         await release.wait()
@@ -155,8 +169,8 @@ async def test_a_running_attempt_finishes_and_its_follow_up_follows_the_new_code
         assert running["run_started_at"] is not None
         async with new:
             assert await open_chain(new) == [running]  # a running attempt is left alone
-            # The old instance is not the one that reconciles: its follow-up (every 0.2 s,
-            # were it left) is rewritten by the new instance's next pass.
+            # The old instance is not the one that reconciles: its follow-up (due 2 s later,
+            # were it left) is rewritten by the new instance's next pass (every 0.2 s).
             release.set()
 
             async def follows_new_code() -> bool:
@@ -169,7 +183,7 @@ async def test_a_running_attempt_finishes_and_its_follow_up_follows_the_new_code
     done = next(r for r in rows if r["id"] == running["id"])
     assert done["run_completed_error"] is None and done["run_result"] == '"v1"'
     assert follow_up["job_args"] == '["v2"]'
-    assert follow_up["origin_id"] == running["id"]
+    assert (follow_up["origin_id"], follow_up["parent_id"]) == (running["id"], running["id"])
     assert follow_up["run_at"] > now() + timedelta(seconds=HOUR - 60)
 
 
