@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from jobsd_async import JobsD, RunInfo
+from jobsd_async import JobsD, RunInfo, every
 
 DATABASE_URL = os.environ.get("JOBSD_DATABASE_URL", "sqlite+aiosqlite:///jobsd_example.db")
 
@@ -26,7 +26,8 @@ engine = create_async_engine(DATABASE_URL)
 jd = JobsD(engine, poll_interval=1.0)
 
 
-@jd.job("announce")
+# A periodic job: the cluster keeps one chain of it, however many workers start.
+@jd.job("announce", periodic=every(3600))
 async def announce(label: str = "hello") -> str:
     return f"{label}: the time is {datetime.now(UTC):%H:%M:%S} UTC"
 

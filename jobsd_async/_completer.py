@@ -76,8 +76,10 @@ class Completer:
         counters: Counters,
         on_follow_up: Callable[[int, datetime], None],
         on_chain_change: Callable[[Iterable[int]], None],
+        revise: Callable[[RunRow], RunRow | None] = lambda row: row,
     ) -> None:
         self._log = config.logger
+        self._revise = revise
         self._store = store
         self._clock = clock
         self._id = instance_id
@@ -102,17 +104,19 @@ class Completer:
     def submit(self, row: RunRow, ending: Ending, *, owner_id: int) -> asyncio.Future[Written]:
         """Queue the completion of ``row``; the future gives what was written (see ``record``).
 
-        Completions arriving within a few milliseconds share one transaction.
+        Completions arriving within a few milliseconds share one transaction.  A periodic
+        chain's follow-up follows the definition in code (see ``_periodic``).
         """
+        revised = self._revise(row)
         item = Completion(
-            row=row,
+            row=row if revised is None else revised,
             closing=Closing(
                 error=ending.error,
                 result=ending.result,
                 success=ending.outcome is Outcome.SUCCEEDED,
                 traceback=ending.traceback,
             ),
-            follow_up=self.plan(row, ending),
+            follow_up=None if revised is None else self.plan(revised, ending),
             owner_id=owner_id,
         )
         loop = asyncio.get_running_loop()

@@ -20,6 +20,9 @@ from ._config import (
 from ._errors import JobsDStateError
 from ._schedules import BuiltinSchedule
 
+PERIODIC_PREFIX = "periodic:"
+"""Unique names starting with this are reserved for periodic jobs' chains (see ``_periodic``)."""
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -66,8 +69,17 @@ class RunCreator:
         self._submitted = False
 
     def unique(self, name: str) -> Self:
-        """Give the chain a cluster-wide name; while it is active, no second chain starts."""
-        self._request = replace(self._request, unique=check_name("unique run", name))
+        """Give the chain a cluster-wide name; while it is active, no second chain starts.
+
+        Names starting with ``periodic:`` are reserved for periodic jobs' chains.
+        """
+        check_name("unique run", name)
+        if name.startswith(PERIODIC_PREFIX):
+            raise ValueError(
+                f"unique run name {name!r}: names starting with {PERIODIC_PREFIX!r} are reserved for "
+                "periodic jobs; register the job with periodic= instead"
+            )
+        self._request = replace(self._request, unique=name)
         return self
 
     def run_timeout(self, timeout: Duration | None) -> Self:

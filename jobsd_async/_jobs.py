@@ -27,6 +27,8 @@ from ._runs import RunInfo, RunState
 
 if TYPE_CHECKING:
     from ._creator import Conn, RunCreator
+    from ._periodic import Periodic
+    from ._schedules import BuiltinSchedule
 
 __all__ = ("Args", "Job")
 
@@ -173,7 +175,7 @@ class Job(Generic[P, R]):
     directly, which is handy in tests.
     """
 
-    __slots__ = ("_contract", "_owner", "func", "name", "options", "retry_if")
+    __slots__ = ("_contract", "_owner", "_periodic", "func", "name", "options", "retry_if")
 
     def __init__(
         self,
@@ -189,6 +191,19 @@ class Job(Generic[P, R]):
         self.options = options
         self.retry_if = retry_if
         self._owner = owner
+        self._periodic: Periodic | None = None  # set by register_job; read by the reconciler
+
+    @property
+    def periodic(self) -> BuiltinSchedule | None:
+        """The schedule of the job's periodic chain (``periodic=``), or None."""
+        return None if self._periodic is None else self._periodic.schedule
+
+    @property
+    def periodic_args(self) -> Args | None:
+        """The arguments of the periodic chain's runs (``periodic_args=``), or None."""
+        if self._periodic is None:
+            return None
+        return Args(*self._periodic.args, **self._periodic.kwargs)
 
     @property
     def run_timeout(self) -> float | None:

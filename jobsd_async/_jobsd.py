@@ -272,10 +272,11 @@ class JobsD(Registrations, RunsAPI):
             await wrap_errors(self._prepare_schema(store), "preparing the tables")
             await wrap_errors(self._sample_clock(store), "reading the database clock")
             fingerprints = {name: job.contract.fingerprint for name, job in self._jobs.items()}
+            periodic = [name for name, job in self._jobs.items() if job.periodic is not None]
             self._instance_id = await wrap_errors(
                 store.dialect.retrying(
                     lambda conn: _instances.register(
-                        store, conn, self._config, fingerprints, list(self._schedules)
+                        store, conn, self._config, fingerprints, list(self._schedules), periodic
                     )
                 ),
                 "registering the instance",
@@ -297,9 +298,7 @@ class JobsD(Registrations, RunsAPI):
             stack.push_async_callback(self._stopped)
             stack.push_async_callback(runner.stop)
             self._runner = runner
-            self._submitter = Submitter(
-                store, runner.dispatcher, self._clock, self._instance_id, self._schedules, self._telemetry
-            )
+            self._submitter = runner.submitter
             self._exit_stack = stack.pop_all()
 
     async def _stopped(self) -> None:

@@ -7,10 +7,11 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeAlias, TypeVar, ov
 
 from ._config import UNSET, Backoff, Config, Duration, RunOptions, check_name
 from ._errors import InvalidJobFuncError
-from ._jobs import Job, JobOwner
+from ._jobs import Args, Job, JobOwner
+from ._periodic import declare
 from ._retry import RetryIf
 from ._runs import RunInfo
-from ._schedules import BUILTIN_PREFIXES, ScheduleFunc
+from ._schedules import BUILTIN_PREFIXES, BuiltinSchedule, ScheduleFunc
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,6 +56,8 @@ class Registrations:
         retry_on: Exceptions | None = ...,
         no_retry_on: Exceptions | None = ...,
         retry_if: RetryIf | None = ...,
+        periodic: BuiltinSchedule | None = ...,
+        periodic_args: Args | tuple[Any, ...] | None = ...,
     ) -> Job[P, R]: ...
 
     @overload
@@ -70,6 +73,8 @@ class Registrations:
         retry_on: Exceptions | None = ...,
         no_retry_on: Exceptions | None = ...,
         retry_if: RetryIf | None = ...,
+        periodic: BuiltinSchedule | None = ...,
+        periodic_args: Args | tuple[Any, ...] | None = ...,
     ) -> Job[P, R]: ...
 
     @overload
@@ -85,6 +90,8 @@ class Registrations:
         retry_on: Exceptions | None = ...,
         no_retry_on: Exceptions | None = ...,
         retry_if: RetryIf | None = ...,
+        periodic: BuiltinSchedule | None = ...,
+        periodic_args: Args | tuple[Any, ...] | None = ...,
     ) -> Job[P, R]: ...
 
     @overload
@@ -100,6 +107,8 @@ class Registrations:
         retry_on: Exceptions | None = ...,
         no_retry_on: Exceptions | None = ...,
         retry_if: RetryIf | None = ...,
+        periodic: BuiltinSchedule | None = ...,
+        periodic_args: Args | tuple[Any, ...] | None = ...,
     ) -> Job[P, R]: ...
 
     def register_job(
@@ -114,6 +123,8 @@ class Registrations:
         retry_on: Exceptions | None = UNSET,  # type: ignore[assignment]
         no_retry_on: Exceptions | None = UNSET,  # type: ignore[assignment]
         retry_if: RetryIf | None = None,
+        periodic: BuiltinSchedule | None = None,
+        periodic_args: Args | tuple[Any, ...] | None = None,
     ) -> Job[Any, Any]:
         """Register ``func`` as job ``name``; options override the instance defaults.
 
@@ -121,6 +132,12 @@ class Registrations:
         returned Job's ``create_run`` takes the remaining parameters.  ``retry_on`` /
         ``no_retry_on`` name the exceptions a failed attempt is (not) retried for; or
         ``retry_if(exc) -> bool`` decides (not both).
+
+        ``periodic=every(...)`` or ``cron(...)`` makes it a periodic job: the cluster keeps
+        exactly one chain of it (unique name ``periodic:{name}``) on that schedule, with the
+        arguments ``periodic_args`` (an ``Args(...)`` or a tuple; needed when the function
+        has required parameters) and this job's options.  The chain follows the code when
+        they change, and ends when ``periodic`` is removed.
         """
         self._require_registering("register_job")
         check_name("job", name)
@@ -141,6 +158,7 @@ class Registrations:
                 raise ValueError(f"job {name!r}: give retry_if, or retry_on/no_retry_on, not both")
         owner: JobOwner = self  # type: ignore[assignment]
         job: Job[Any, Any] = Job(name, func, options.over(self._config.run_defaults), owner, retry_if)
+        job._periodic = declare(name, job.contract, periodic, periodic_args)
         self._jobs[name] = job
         return job
 
@@ -168,6 +186,8 @@ class Registrations:
         retry_on: Exceptions | None = ...,
         no_retry_on: Exceptions | None = ...,
         retry_if: RetryIf | None = ...,
+        periodic: BuiltinSchedule | None = ...,
+        periodic_args: Args | tuple[Any, ...] | None = ...,
     ) -> _JobDecorator: ...
 
     def job(self, name: Any = None, **options: Any) -> Any:

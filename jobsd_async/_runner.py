@@ -7,9 +7,12 @@ Parts (each owns its state; the others ask it):
 - :class:`~._dispatcher.Dispatcher` polls and claims due rows into the pool;
 - :class:`~._heartbeat.Heartbeat` beats (through the :class:`~._lifeline.Lifeline`, a
   connection of its own, which also listens), and applies remote cancels;
-- :class:`~._resurrector.Resurrector` (and the pruner, with ``retention``) tidy up.
+- :class:`~._resurrector.Resurrector` (and the pruner, with ``retention``) tidy up;
+- :class:`~._periodic.Reconciler` keeps periodic jobs' chains as the code declares them;
+- :class:`~._submission.Submitter` inserts new chains (for the facade and the reconciler).
 
-Start: heartbeat (and its listener, so no wake-up is missed), tidying loops, dispatcher.
+Start: heartbeat (and its listener, so no wake-up is missed), tidying loops, dispatcher,
+a first pass of the periodic reconciler.
 Stop, in this order: stop claiming; stop tidying; drain the pool — the heartbeat still
 beats, so no peer takes the draining instance for dead; flush completions; write the final
 beat (``shutdown_at``); stop listening.
@@ -33,13 +36,15 @@ from ._dispatcher import Dispatcher
 from ._heartbeat import Heartbeat
 from ._jobs import Job
 from ._lifeline import Lifeline
+from ._periodic import Reconciler
 from ._pool import WorkerPool
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
 from ._store import _browse, _migrations, _prune
 from ._store._instances import Counters
 from ._store._rows import Store
-from ._supervisor import Loops, ticking
+from ._submission import Submitter
+from ._supervisor import Loops, ticking, waiting
 from ._telemetry import Backlog, Telemetry
 
 
@@ -73,6 +78,16 @@ class Runner:
             schedules=schedules,
             counters=counters,
         )
+        self.submitter = Submitter(store, self.dispatcher, clock, instance_id, schedules, telemetry)
+        self.periodic = Reconciler(
+            config=config,
+            store=store,
+            instance_id=instance_id,
+            jobs=jobs,
+            submitter=self.submitter,
+            dispatcher=self.dispatcher,
+            on_chain_change=on_chain_change,
+        )
         self.completer = Completer(
             config=config,
             store=store,
@@ -82,6 +97,7 @@ class Runner:
             counters=counters,
             on_follow_up=self.dispatcher.enqueue,
             on_chain_change=on_chain_change,
+            revise=self.periodic.revise,
         )
         self.pool = WorkerPool(
             config=config,
@@ -156,6 +172,13 @@ class Runner:
                     "jobsd pruner", ticking(lambda: self._prune(retention), check, stopping), retry_max=check
                 )
             self.dispatcher.start()
+            if self.periodic.active:
+                await self.periodic.reconcile()
+                self._tidying.spawn(
+                    "jobsd periodic reconciler",
+                    waiting(self.periodic.reconcile, check, stopping),
+                    retry_max=check,
+                )
             self._backlog = Backlog(self._store.tables.prefix, asyncio.get_running_loop(), self._count)
             self._telemetry.watch_backlog(self._backlog_key, self._backlog)
         except BaseException:

@@ -44,7 +44,7 @@ class Submitter:
 
     async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
         """Insert one chain (or find the active one with its unique name); return its run id."""
-        values, due = self._first_row(job, request)
+        values, due = self.first_row(job, request)
         with self.telemetry.sending(job.name) as sending:
             values["trace_context"] = sending.carrier()
             run_id, inserted = await self._insert_one(job, request, values, due, conn)
@@ -89,7 +89,7 @@ class Submitter:
     async def start_here(self, job: Job[Any], request: RunRequest) -> int | None:
         """Insert a run already claimed by this instance and start it at once (for
         ``jobsd_async.testing.run_job``); None if it cannot (no free slot, or no RETURNING)."""
-        values, _ = self._first_row(job, request)  # validated before a slot is taken
+        values, _ = self.first_row(job, request)  # validated before a slot is taken
         if not self.store.dialect.insert_returning or not await self.dispatcher.reserve(job.name):
             return None
         with self.telemetry.sending(job.name) as sending:
@@ -125,7 +125,7 @@ class Submitter:
 
     async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:
         """Insert one-off chains in one multi-row insert; all or nothing."""
-        rows = [self._first_row(job, request) for request in requests]
+        rows = [self.first_row(job, request) for request in requests]
         if not rows:
             return []
         store = self.store
@@ -161,7 +161,7 @@ class Submitter:
         else:  # the rows exist only once the caller commits; queue them then, not before
             _on_commit(conn, enqueue)
 
-    def _first_row(self, job: Job[Any], request: RunRequest) -> tuple[dict[str, Any], datetime]:
+    def first_row(self, job: Job[Any], request: RunRequest) -> tuple[dict[str, Any], datetime]:
         """The chain's first row, and when this instance should try to claim it."""
         job.contract.check_args(job.name, request.args, request.kwargs)
         args_json, kwargs_json = job.contract.codec.encode(request.args, request.kwargs)

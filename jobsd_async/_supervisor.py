@@ -64,6 +64,19 @@ def ticking(
     return step
 
 
+def waiting(
+    work: Callable[[], Awaitable[object]], interval: float, stop: asyncio.Event
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A step that waits ``interval`` seconds and then does ``work`` (unless stopped meanwhile)."""
+
+    async def step() -> None:
+        await wait_event(stop, interval)
+        if not stop.is_set():
+            await work()
+
+    return step
+
+
 class Loops:
     """The supervised loops of one part of an instance, stopped together at their next wait."""
 

@@ -22,7 +22,7 @@ PROGRAM = """
 from datetime import datetime
 from uuid import UUID
 
-from jobsd_async import Args, Job, JobsD, RunInfo, RunState
+from jobsd_async import Args, Job, JobsD, RunInfo, RunState, cron, every
 
 jd = JobsD()  # module level: the app factory gives the engine later
 
@@ -40,6 +40,20 @@ def stamp(info: RunInfo, who: UUID, *, when: datetime | None = None) -> str:
 @jd.job
 async def nothing() -> None:
     return None
+
+
+@jd.job("report", periodic=cron("0 2 * * *"), periodic_args=Args("eu"))
+async def report(region: str) -> str:
+    return region
+
+
+async def totals(a: int, b: int) -> int:
+    return a + b
+
+
+nightly = jd.register_job("nightly", totals, periodic=every(3600), periodic_args=(1, 2))
+jd.register_job("bad", totals, periodic="every:5")  # E: No overload variant of "register_job" of "Registrations" matches argument types
+jd.job("worse", periodic=lambda now: now)  # E: No overload variant of "job" of "Registrations" matches argument types
 
 
 async def use(ident: UUID) -> None:
@@ -62,6 +76,10 @@ async def use(ident: UUID) -> None:
     reveal_type(await nothing.get_run_state(3))  # R: jobsd_async._runs.RunState[None]
     reveal_type(await jd.get_run_state(4))  # R: jobsd_async._runs.RunState[Any]
     reveal_type(add)  # R: jobsd_async._jobs.Job[[a: int, b: int], int]
+    reveal_type(report)  # R: jobsd_async._jobs.Job[[region: str], str]
+    reveal_type(nightly)  # R: jobsd_async._jobs.Job[[a: int, b: int], int]
+    reveal_type(report.periodic)  # R: jobsd_async._schedules.BuiltinSchedule | None
+    await report.create_run(1).run()  # E: Argument 1 to "create_run" of "Job" has incompatible type "int"; expected "str"
 
 
 def takes(job: Job[[int, int], int], loose: Job[[int, int]]) -> None: ...

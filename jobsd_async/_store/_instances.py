@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._config import MAX_NAME_LENGTH, Config
+from . import _periodic
 from ._resurrect import instance_gone
 from ._rows import Store
 
@@ -33,15 +34,19 @@ async def register(
     config: Config,
     jobs: Mapping[str, str],
     schedules: list[str],
+    periodic: Collection[str] = (),
 ) -> int:
-    """Insert this instance's row; return its id.  ``jobs`` maps each job to its fingerprint."""
+    """Insert this instance's row; return its id.
+
+    ``jobs`` maps each job to its fingerprint; ``periodic`` names the jobs declared periodic.
+    """
     now = store.dialect.now()
     result = await conn.execute(
         insert(store.instances).values(
             workers=config.workers,
             auto_migrate=config.auto_migrate,
             supported_jobs=",".join(jobs),
-            job_signatures=json.dumps(dict(jobs), separators=(",", ":")),
+            job_signatures=_periodic.signatures(jobs, periodic),
             host=socket.gethostname()[:MAX_NAME_LENGTH],
             pid=os.getpid(),
             supported_schedules=",".join(schedules),
