@@ -94,8 +94,11 @@ class Lifeline:
                 await conn.commit()
             if self._channels is not None:
                 driver: Any = (await conn.get_raw_connection()).driver_connection
-                for channel, listener in self._channels.items():
-                    await driver.add_listener(channel, listener)
+                try:
+                    for channel, listener in self._channels.items():
+                        await driver.add_listener(channel, listener)
+                except Exception as exc:  # the driver's own errors: the connection was lost
+                    raise ConnectionError(f"LISTEN failed: {exc}") from exc
                 self._driver = driver
         except BaseException:
             await _discard(conn)

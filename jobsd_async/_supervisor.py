@@ -102,5 +102,19 @@ class Loops:
         _, stuck = await asyncio.wait(self._tasks, timeout=_STOP_TIMEOUT)
         for task in stuck:  # e.g. a step retrying against an unreachable database
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if stuck:
+            # A cancelled step may still wait on a shielded cleanup that never ends (a
+            # connection's rollback on a server that stopped answering): let it go.
+            _, abandoned = await asyncio.wait(stuck, timeout=_STOP_TIMEOUT)
+            for task in abandoned:
+                task.add_done_callback(_consume)
+                self._log.error(
+                    "jobsd: %s did not stop when cancelled; abandoned", task.get_name(), extra=self._extra
+                )
         self._tasks.clear()
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    """Retrieve how an abandoned task ended, so asyncio does not report it as unhandled."""
+    if not task.cancelled():
+        task.exception()
