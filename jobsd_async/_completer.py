@@ -46,6 +46,7 @@ _BATCH_MAX = 200  # completions per transaction
 _BATCH_CHARS = 1_000_000  # characters of stored text per transaction (one bigger item goes alone)
 _FLUSH_DELAY = 0.002  # seconds a completion waits for others to share its transaction
 _CLOSE_TIMEOUT = 10.0  # seconds close() waits for buffered completions to be written
+_CANCEL_WAIT = 2.0  # seconds close() then waits for a cancelled write to end
 _ITEM_OVERHEAD = 500  # characters a completion costs besides its texts
 _ANNOUNCE_TIMEOUT = 1.0  # seconds, at most, for telling other instances' waiters
 _REFUSALS = 3  # failed writes of one completion alone (with backoff) before it is made simpler
@@ -91,7 +92,7 @@ class Completer:
         self._pending: list[_Pending] = []
         self._pending_size = 0
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[int]] = set()
+        self._flushes: dict[asyncio.Task[int], list[_Pending]] = {}  # writes under way
 
     async def record(self, row: RunRow, ending: Ending, *, owner_id: int) -> bool:
         """Close ``row`` (if ``owner_id`` still holds it open) and insert its follow-up.
@@ -143,14 +144,27 @@ class Completer:
         """
         if self._pending:
             self._start_flush()
+        if not self._flushes:
+            return 0
+        _, stuck = await asyncio.wait(list(self._flushes), timeout=_CLOSE_TIMEOUT)
+        if not stuck:
+            return 0
+        batches = {task: self._flushes.get(task, []) for task in stuck}
+        for task in stuck:
+            task.cancel()
+        # A cancelled write may still wait on a cleanup that never ends (a rollback on a
+        # server that stopped answering): let it go.
+        _, hung = await asyncio.wait(stuck, timeout=_CANCEL_WAIT)
         abandoned = 0
-        if self._flushes:
-            _, stuck = await asyncio.wait(self._flushes, timeout=_CLOSE_TIMEOUT)
-            for task in stuck:
-                task.cancel()
-            for outcome in await asyncio.gather(*stuck, return_exceptions=True):
-                if isinstance(outcome, int):
-                    abandoned += outcome
+        for task in stuck:
+            if task in hung:
+                task.add_done_callback(_consume)
+                for pending in batches[task]:
+                    if not pending.future.done():
+                        pending.future.cancel()
+                        abandoned += 1
+            elif not task.cancelled() and task.exception() is None:
+                abandoned += task.result()
         return abandoned
 
     @property
@@ -165,8 +179,8 @@ class Completer:
         batch, self._pending, self._pending_size = self._pending, [], 0
         if batch:
             task = asyncio.create_task(self._flush(batch), name=f"jobsd completions #{self._id}")
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+            self._flushes[task] = batch
+            task.add_done_callback(lambda done: self._flushes.pop(done, None))
 
     # ---------------------------------------------------------------- writing
 
@@ -339,3 +353,9 @@ def _size(item: Completion) -> int:
     if item.follow_up is not None:
         size += len(item.row.job_args or "") + len(item.row.job_kwargs or "")
     return size
+
+
+def _consume(task: asyncio.Task[int]) -> None:
+    """Retrieve how an abandoned write ended, so asyncio does not report it as unhandled."""
+    if not task.cancelled():
+        task.exception()

@@ -79,8 +79,18 @@ class Lifeline:
                 )
 
     async def close(self) -> None:
-        async with self._lock:
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._lock.acquire()
+        except TimeoutError:
+            # A beat abandoned at shutdown still holds the lock, waiting on a server that
+            # stopped answering: drop the connection without it.
+            await self._drop()
+            return
+        try:
             await self._drop(unlisten=True)
+        finally:
+            self._lock.release()
 
     async def _connected(self) -> AsyncConnection:
         if self._conn is not None and not self._lost(self._conn):

@@ -126,6 +126,10 @@ class Runner:
         if config.workers > 0:
             channels[store.new_channel] = lambda _: self.dispatcher.wake()
             channels[store.cancel_channel] = self._cancel_notice
+        elif not store.dialect.autocommit and config.listen is True:
+            # Producers listen only for their waiters, a shortcut: not on an engine set up
+            # for PgBouncer (where LISTEN would subscribe a shared server connection).
+            listening = False
         lifeline = Lifeline(
             engine, store.dialect, instance_id, channels=channels if listening else None, logger=config.logger
         )
