@@ -35,6 +35,20 @@ async def open_chain(jd: JobsD, job: str = "report") -> list[dict[str, Any]]:
     return open_rows(chain_rows(await fetch_runs(jd), job))
 
 
+def held_report(make_jobsd: MakeJobsD, *, interval: float) -> tuple[JobsD, asyncio.Event, asyncio.Event]:
+    """An instance whose periodic "report" (args ``v1``) runs until ``release`` is set."""
+    started, release = asyncio.Event(), asyncio.Event()
+    old = make_jobsd(workers=1, timeout_check=HOUR)
+
+    @old.job("report", periodic=every(interval), periodic_args=("v1",))
+    async def report(tag: str) -> str:
+        started.set()
+        await release.wait()
+        return tag
+
+    return old, started, release
+
+
 def register_report(jd: JobsD, **options: Any) -> None:
     @jd.job("report", **options)
     async def report(tag: str = "daily") -> str:
@@ -152,15 +166,7 @@ async def test_only_the_newest_instance_decides_during_a_rolling_deploy(make_job
 async def test_a_running_attempt_finishes_and_its_follow_up_follows_the_new_code(
     make_jobsd: MakeJobsD,
 ) -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-    old = make_jobsd(workers=1, timeout_check=HOUR)
-
-    @old.job("report", periodic=every(2), periodic_args=("v1",))
-    async def report(tag: str) -> str:
-        started.set()
-        await release.wait()
-        return tag
-
+    old, started, release = held_report(make_jobsd, interval=2)
     new = make_jobsd(workers=1, timeout_check=0.2)
     register_report(new, periodic=every(HOUR), periodic_args=("v2",))
     async with old:
@@ -188,15 +194,7 @@ async def test_a_running_attempt_finishes_and_its_follow_up_follows_the_new_code
 
 
 async def test_the_reconciling_instance_plans_follow_ups_from_its_code(make_jobsd: MakeJobsD) -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-    old = make_jobsd(workers=1, timeout_check=HOUR)
-
-    @old.job("report", periodic=every(0.2), periodic_args=("v1",))
-    async def report(tag: str) -> str:
-        started.set()
-        await release.wait()
-        return tag
-
+    old, started, release = held_report(make_jobsd, interval=0.2)
     new = make_jobsd(workers=1, timeout_check=0.2)
     register_report(new, periodic=every(HOUR), periodic_args=("v2",))
     async with old:
