@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import MakeJobsD
 
+import jobsd_async.testing as testing_module
 from jobsd_async import JobArgsMismatchError, JobsD, JobsDStateError, RunInfo, RunStatus, every
 from jobsd_async.testing import assert_enqueued, drain, enqueued, refute_enqueued, run_job
 
@@ -18,8 +19,11 @@ pytest_plugins = ["pytester"]
 CUSTOMER = uuid.UUID("00000000-0000-0000-0000-00000000002a")
 
 
-def shop(jd: JobsD) -> dict[str, Any]:
-    """Jobs that make more work: an order sends a receipt; the receipt fails once."""
+def shop(jd: JobsD, gate: asyncio.Event | None = None) -> dict[str, Any]:
+    """Jobs that make more work: an order sends a receipt; the receipt fails once.
+
+    With a ``gate``, orders wait for it before they do anything.
+    """
     calls: list[str] = []
 
     @jd.job("receipt", retries_error_limit=2)
@@ -31,6 +35,8 @@ def shop(jd: JobsD) -> dict[str, Any]:
 
     @jd.job("order")
     async def order(number: int, customer: uuid.UUID) -> int:
+        if gate is not None:
+            await gate.wait()
         calls.append(f"order {number}")
         await receipt.create_run(number).run()
         return number
@@ -43,9 +49,23 @@ def shop(jd: JobsD) -> dict[str, Any]:
     return {"calls": calls, "order": order, "receipt": receipt, "report": report}
 
 
-async def test_drain_runs_what_is_due_and_what_it_makes_due(make_jobsd: MakeJobsD) -> None:
+async def test_drain_runs_what_is_due_and_what_it_makes_due(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
     jd = make_jobsd(poll_interval=3600)  # no poll will come: drain enqueues what it waits for
-    jobs = shop(jd)
+    # The orders wait until drain has looked at what is due or running: else they (and the
+    # receipts they make) could all have finished before it is called, and it would rightly
+    # return no chain of its own.
+    gate = asyncio.Event()
+    look = testing_module._due_or_running
+
+    async def looked(*args: Any, **kwargs: Any) -> Any:
+        rows = await look(*args, **kwargs)
+        gate.set()
+        return rows
+
+    monkeypatch.setattr(testing_module, "_due_or_running", looked)
+    jobs = shop(jd, gate)
     async with jd:
         first = await jobs["order"].create_run(1, CUSTOMER).run()
         second = await jobs["order"].create_run(2, CUSTOMER).run()
@@ -70,13 +90,33 @@ async def test_drain_with_scheduled_runs_future_runs_and_a_recurring_chain_once(
     jobs = shop(jd)
     async with jd:
         later = await jobs["report"].create_run().run_after(3600)
-        daily = await jobs["report"].create_run().schedule(every(timedelta(days=1))).run()
+        # Due later too: due now, it could run (and be followed by its next day) before
+        # drain looks, which would then pull that next day forward.
+        daily = await jobs["report"].create_run().schedule(every(timedelta(days=1))).run_after(3600)
         states = await drain(jd, with_scheduled=True)
         by_run = {s.run_id: s for s in states}
         assert by_run[later].status is RunStatus.SUCCEEDED
         assert by_run[daily].run_success_count == 1
         assert by_run[daily].status is RunStatus.PENDING  # its next day is not pulled forward again
         assert jobs["calls"] == ["report", "report"]
+
+
+async def test_drain_reports_a_run_that_finished_before_it_looked(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+    done = asyncio.Event()
+
+    @jd.job("quick")
+    async def quick() -> str:
+        done.set()
+        return "quick"
+
+    async with jd:
+        run_id = await quick.create_run().run()
+        await done.wait()
+        await jd.wait_for_run(run_id, timeout=10)  # finished before drain is called
+        [state] = await drain(jd)
+        assert (state.run_id, state.result) == (run_id, "quick")
+        assert await drain(jd) == []  # reported once: by the first drain after it ran
 
 
 async def test_drain_times_out_on_work_that_never_ends(make_jobsd: MakeJobsD) -> None:

@@ -14,6 +14,7 @@ Fixtures for pytest live in ``jobsd_async.testing.plugin``
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -37,6 +38,9 @@ R = TypeVar("R")
 
 _DRAIN_TIMEOUT = 30.0
 _RECHECK = 0.05  # seconds between re-reads while waiting for rows this instance runs
+# JobsD -> (its instance id, the database time its last drain ended): an instance id is
+# new at every up(), so the marker of an earlier start never applies.
+_last_drain: weakref.WeakKeyDictionary[JobsD, tuple[int, datetime]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,9 @@ async def drain(
 
     It waits for the runs due now of the jobs ``jd`` runs (and those it is running), then
     for what they made due in turn (retries, runs the jobs created), until none is left.
+    The chains returned are those it waited for and those ``jd`` ran since its previous
+    ``drain`` (or since ``up()``): a run created just before, which may have finished
+    before ``drain`` looked, is among them.
     With ``with_scheduled``, runs due later are made due now first: every pending run once,
     and the pending retries of one-off runs each round (a schedule's next occurrence is not
     pulled forward again, so a recurring chain runs once).  Raises TimeoutError after
@@ -208,7 +215,28 @@ async def drain(
                 if not started:
                     runner.dispatcher.enqueue(row_id, run_at)
             await _finished(jd, store, [r[0] for r in rows], [r[1] for r in rows])
+    for run_id in await _ran_here_since_last_drain(jd, store, jobs):
+        seen.setdefault(run_id, None)
     return [await jd.get_run_state(run_id) for run_id in seen]
+
+
+async def _ran_here_since_last_drain(jd: JobsD, store: Store, jobs: list[str]) -> list[int]:
+    """Run ids of the chains of ``jobs`` with an attempt ``jd`` ran and completed since the
+    previous drain of this instance (or since ``up()``); marks now as the last drain."""
+    runs = store.runs
+    async with store.dialect.reading() as conn:
+        now = (await conn.execute(select(store.dialect.now()))).scalar_one()
+        since = _last_drain.get(jd)
+        stmt = select(runs.c.id, runs.c.origin_id).where(
+            runs.c.run_started_by == jd.instance_id,
+            runs.c.job.in_(jobs),
+            runs.c.run_completed_at <= now,
+        )
+        if since is not None and since[0] == jd.instance_id:
+            stmt = stmt.where(runs.c.run_completed_at > since[1])
+        found = (await conn.execute(stmt.order_by(runs.c.id))).all()
+    _last_drain[jd] = (jd.instance_id, now)
+    return [row.origin_id or row.id for row in found]
 
 
 async def _pull_forward(store: Store, jobs: list[str], *, only_one_off: bool) -> None:
