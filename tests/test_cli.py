@@ -134,7 +134,8 @@ async def test_a_second_signal_skips_the_wait(jobsd: Jobsd, peer: JobsD) -> None
     assert rows[1]["origin_id"] == run_id and rows[1]["run_completed_at"] is None
 
 
-async def test_grace_period_fits_the_whole_shutdown(jobsd: Jobsd) -> None:
+async def test_grace_period_fits_the_whole_shutdown(jobsd: Jobsd, peer: JobsD) -> None:
+    # (``peer`` is here for its teardown: it drops the tables the worker made.)
     worker = await started_worker(jobsd, "--grace-period", "10", CLI_APP_SHUTDOWN_TIMEOUT="300")
     assert worker.stdout is not None
     banner = b"".join([await worker.stdout.readline() for _ in range(3)]).decode()
