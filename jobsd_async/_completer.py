@@ -38,6 +38,7 @@ from ._store import _complete
 from ._store._complete import Closing, Completed, Completion
 from ._store._instances import Counters
 from ._store._rows import RunRow, Store
+from ._supervisor import consume
 from ._text import MAX_ERROR_LENGTH, storable
 
 _RETRY_FIRST = 0.05  # seconds before the first retry of a batch while the database is away
@@ -158,7 +159,7 @@ class Completer:
         abandoned = 0
         for task in stuck:
             if task in hung:
-                task.add_done_callback(_consume)
+                task.add_done_callback(consume)
                 for pending in batches[task]:
                     if not pending.future.done():
                         pending.future.cancel()
@@ -353,9 +354,3 @@ def _size(item: Completion) -> int:
     if item.follow_up is not None:
         size += len(item.row.job_args or "") + len(item.row.job_kwargs or "")
     return size
-
-
-def _consume(task: asyncio.Task[int]) -> None:
-    """Retrieve how an abandoned write ended, so asyncio does not report it as unhandled."""
-    if not task.cancelled():
-        task.exception()

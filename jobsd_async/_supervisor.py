@@ -107,14 +107,14 @@ class Loops:
             # connection's rollback on a server that stopped answering): let it go.
             _, abandoned = await asyncio.wait(stuck, timeout=_STOP_TIMEOUT)
             for task in abandoned:
-                task.add_done_callback(_consume)
+                task.add_done_callback(consume)
                 self._log.error(
                     "jobsd: %s did not stop when cancelled; abandoned", task.get_name(), extra=self._extra
                 )
         self._tasks.clear()
 
 
-def _consume(task: asyncio.Task[None]) -> None:
+def consume(task: asyncio.Task[Any]) -> None:
     """Retrieve how an abandoned task ended, so asyncio does not report it as unhandled."""
     if not task.cancelled():
         task.exception()
