@@ -30,6 +30,7 @@ DEFAULT_TABLE_PREFIX = "jobsd_"
 DEFAULT_HEARTBEAT_INTERVAL = 10.0  # seconds
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0  # seconds
 DEFAULT_CANCEL_GRACE = 5.0  # seconds
+DEFAULT_MAX_CONNECTIONS = 3  # an instance's own connections (plus the process's LISTEN one)
 DEFAULT_BACKOFF_CAP = 3600.0  # seconds, the longest wait before a retry
 MAX_NAME_LENGTH = 255
 # Upper bounds checked at input, so that every stored value stays within what the three
@@ -38,6 +39,7 @@ MAX_DURATION = 100 * 365.25 * 86400  # seconds: a hundred years
 MAX_COUNT = 2**31 - 1  # retry limits and counts: the INTEGER columns' range
 MAX_WORKERS = 10_000
 MAX_POLL_LIMIT = 100_000
+MAX_CONNECTIONS = 1_000
 # Index names are "ix_{prefix}runs_pending" and the like; PostgreSQL truncates identifiers at 63.
 MAX_TABLE_PREFIX_LENGTH = 40
 
@@ -295,6 +297,7 @@ class Config:
     shutdown_timeout: float | None
     cancel_grace: float
     listen: bool | str
+    max_connections: int
     logger: logging.Logger
 
     @property
@@ -326,6 +329,7 @@ def build_config(
     shutdown_timeout: object,
     cancel_grace: object,
     listen: object,
+    max_connections: object,
     logger: object,
 ) -> Config:
     if not isinstance(auto_migrate, bool):
@@ -357,5 +361,6 @@ def build_config(
         shutdown_timeout=to_seconds("shutdown_timeout", shutdown_timeout, allow_none=True),
         cancel_grace=grace,
         listen=check_listen(listen),
+        max_connections=to_count("max_connections", max_connections, minimum=1, maximum=MAX_CONNECTIONS),
         logger=logger if logger is not None else logging.getLogger("jobsd_async"),
     )

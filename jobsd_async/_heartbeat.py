@@ -1,7 +1,8 @@
 """The heartbeat: keeps this instance alive in the database, and brings it news.
 
-Every ``heartbeat_interval`` it writes ``last_seen_at`` and the counters, makes sure the
-PostgreSQL listener is listening, stops attempts running here whose chain a ``cancel_run``
+Every ``heartbeat_interval`` it writes ``last_seen_at`` and the counters (first in line for
+the instance's connections), makes sure the PostgreSQL listener is listening, closes
+connections left unused, stops attempts running here whose chain a ``cancel_run``
 on another instance flagged, and notices tables upgraded past its release.  It beats until
 the instance's very end: while a shutdown drains running jobs and writes their completions
 the instance is alive, and its last beat records ``shutdown_at``.  A failed beat is tried
@@ -18,8 +19,9 @@ from datetime import datetime
 
 from ._clock import DbClock
 from ._config import Config
-from ._lifeline import Lifeline
+from ._listener import Subscription
 from ._store import _cancel, _instances, _migrations
+from ._store._connections import Connections
 from ._store._instances import Counters
 from ._store._rows import Store
 from ._supervisor import Loops, ticking
@@ -38,7 +40,7 @@ class Heartbeat:
         counters: Counters,
         running: Callable[[], list[int]],
         cancel: Callable[[int], object],
-        lifeline: Lifeline,
+        listener: Subscription | None,
         on_newer_schema: Callable[[int], None],
     ) -> None:
         self._config = config
@@ -48,15 +50,17 @@ class Heartbeat:
         self._counters = counters
         self._running = running
         self._cancel = cancel
-        self._lifeline = lifeline
+        self.listener = listener
+        self._connections: Connections | None = store.dialect.connections
         self._on_newer_schema = on_newer_schema
         self._log = config.logger
         self._loops = Loops(f"#{instance_id}", log=config.logger, extra={"instance_id": instance_id})
         self.last_seen_at: datetime | None = None
 
     async def start(self) -> None:
-        """Hold the lifeline (listening, on PostgreSQL) and start beating."""
-        await self._lifeline.ensure()
+        """Start listening (on PostgreSQL) and beating."""
+        if self.listener is not None:
+            await self.listener.ensure()
         # Retries after a failed beat come well within the interval (three make a death).
         interval = self._config.heartbeat_interval
         step = ticking(self._tick, interval, self._loops.stopping)
@@ -64,18 +68,24 @@ class Heartbeat:
 
     async def _tick(self) -> None:
         await self.beat()  # first: nothing else may delay it
+        if self.listener is not None:
+            await self.listener.ensure()
+        if self._connections is not None:
+            await self._connections.trim()
         await self._check_cancels()
         await self._check_schema()
 
     async def _check_schema(self) -> None:
         """Notice tables upgraded past what this instance knows (a newer release deployed)."""
         tables = self._store.tables
-        version = await self._lifeline.run(lambda conn: _migrations.latest_version(conn, tables))
+        version = await self._store.dialect.retrying(
+            lambda conn: _migrations.latest_version(conn, tables), urgent=True
+        )
         if version > _migrations.SCHEMA_VERSION:
             self._on_newer_schema(version)
 
     async def stop(self) -> None:
-        """Stop beating, write the last beat (``shutdown_at``) and let go of the lifeline."""
+        """Stop beating and write the last beat (``shutdown_at``)."""
         await self._loops.stop()
         try:
             # Bounded: a database that stopped answering must not hold the shutdown forever
@@ -89,12 +99,12 @@ class Heartbeat:
                 exc,
                 extra={"instance_id": self._id},
             )
-        await self._lifeline.close()
 
     async def beat(self, *, shutdown: bool = False) -> None:
         counters = dataclasses.replace(self._counters)
-        await self._lifeline.run(
-            lambda conn: _instances.beat(self._store, conn, self._id, counters, shutdown=shutdown)
+        store = self._store
+        await store.dialect.retrying(
+            lambda conn: _instances.beat(store, conn, self._id, counters, shutdown=shutdown), urgent=True
         )
         self.last_seen_at = self._clock.now()
 
@@ -103,6 +113,8 @@ class Heartbeat:
         running = self._running()
         if not running:
             return
-        flagged = await self._lifeline.run(lambda conn: _cancel.cancel_requested(self._store, conn, running))
+        flagged = await self._store.dialect.retrying(
+            lambda conn: _cancel.cancel_requested(self._store, conn, running), urgent=True
+        )
         for row_id in flagged:
             self._cancel(row_id)

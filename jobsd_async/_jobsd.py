@@ -20,6 +20,7 @@ from ._clock import Clock, DbClock, system_clock
 from ._config import (
     DEFAULT_CANCEL_GRACE,
     DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POLL_LIMIT,
     DEFAULT_RETRIES_ERROR_LIMIT,
@@ -90,6 +91,7 @@ class JobsD(Registrations, RunsAPI):
         shutdown_timeout: Duration | None = DEFAULT_SHUTDOWN_TIMEOUT,
         cancel_grace: Duration = DEFAULT_CANCEL_GRACE,
         listen: bool | str = True,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         logger: logging.Logger | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -111,6 +113,7 @@ class JobsD(Registrations, RunsAPI):
             shutdown_timeout=shutdown_timeout,
             cancel_grace=cancel_grace,
             listen=listen,
+            max_connections=max_connections,
             logger=logger,
         )
         self._engine = engine

@@ -5,8 +5,9 @@ Parts (each owns its state; the others ask it):
 - :class:`~._completer.Completer` writes how attempts ended, in batches;
 - :class:`~._pool.WorkerPool` runs attempts in ``workers`` slots;
 - :class:`~._dispatcher.Dispatcher` polls and claims due rows into the pool;
-- :class:`~._heartbeat.Heartbeat` beats (through the :class:`~._lifeline.Lifeline`, a
-  connection of its own, which also listens), and applies remote cancels;
+- :class:`~._heartbeat.Heartbeat` beats (first in line for the instance's
+  :class:`~._store._connections.Connections`, its connection budget), keeps the process's
+  shared :class:`~._listener.Listener` listening, and applies remote cancels;
 - :class:`~._resurrector.Resurrector` (and the pruner, with ``retention``) tidy up;
 - :class:`~._periodic.Reconciler` keeps periodic jobs' chains as the code declares them;
 - :class:`~._submission.Submitter` inserts new chains (for the facade and the reconciler).
@@ -15,7 +16,7 @@ Start: heartbeat (and its listener, so no wake-up is missed), tidying loops, dis
 a first pass of the periodic reconciler.
 Stop, in this order: stop claiming; stop tidying; drain the pool — the heartbeat still
 beats, so no peer takes the draining instance for dead; flush completions; write the final
-beat (``shutdown_at``); stop listening.
+beat (``shutdown_at``); stop listening; close the instance's connections.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
-
 from ._chain import Outcome
 from ._clock import DbClock
 from ._completer import Completer
@@ -35,12 +33,13 @@ from ._config import Config
 from ._dispatcher import Dispatcher
 from ._heartbeat import Heartbeat
 from ._jobs import Job
-from ._lifeline import Lifeline
+from ._listener import Listener, Subscription
 from ._periodic import Reconciler
 from ._pool import WorkerPool
 from ._resurrector import Resurrector
 from ._schedules import ScheduleFunc
 from ._store import _browse, _migrations, _prune
+from ._store._connections import Connections
 from ._store._instances import Counters
 from ._store._rows import Store
 from ._submission import Submitter
@@ -115,11 +114,19 @@ class Runner:
         self._counting: asyncio.Task[None] | None = None
         self._backlog: Backlog | None = None
         self.dispatcher.pool = self.pool
-        self._listen_engine: AsyncEngine | None = None  # ours, for ``listen=URL``
-        engine = store.dialect.engine
+        if not store.dialect.is_sqlite:
+            store.dialect.connections = Connections(
+                store.dialect.engine,
+                config.max_connections,
+                # Named for operators; not through PgBouncer, where a session setting would
+                # stick to a server connection other clients share.
+                name=f"jobsd #{instance_id}" if store.dialect.autocommit else None,
+                autocommit=store.dialect.autocommit,
+                logger=config.logger,
+                extra=self._extra,
+            )
+        self._listener: Subscription | None = None
         listening = store.dialect.is_postgresql and config.listen is not False
-        if listening and isinstance(config.listen, str):  # e.g. the server itself, behind a PgBouncer
-            engine = self._listen_engine = create_async_engine(config.listen, poolclass=NullPool)
         channels: dict[str, Callable[[str], None]] = {
             store.done_channel: lambda payload: on_chain_change(_run_ids(payload))
         }
@@ -130,9 +137,7 @@ class Runner:
             # Producers listen only for their waiters, a shortcut: not on an engine set up
             # for PgBouncer (where LISTEN would subscribe a shared server connection).
             listening = False
-        lifeline = Lifeline(
-            engine, store.dialect, instance_id, channels=channels if listening else None, logger=config.logger
-        )
+        self._channels = channels if listening else None
         self.heartbeat = Heartbeat(
             config=config,
             store=store,
@@ -141,7 +146,7 @@ class Runner:
             counters=counters,
             running=self.pool.running,
             cancel=self.cancel_local,
-            lifeline=lifeline,
+            listener=None,
             on_newer_schema=self._outdated_by,
         )
         self._resurrector = Resurrector(
@@ -161,8 +166,14 @@ class Runner:
 
     async def start(self) -> None:
         """Start every part; if one fails to start, what had started is stopped again."""
-        await self.heartbeat.start()
         try:
+            if self._channels is not None:
+                # A URL: e.g. the server itself when the engine goes through PgBouncer.
+                listen = self._config.listen
+                source = listen if isinstance(listen, str) else self._store.dialect.engine
+                self._listener = Listener.join(source, self._channels, logger=self._log, extra=self._extra)
+                self.heartbeat.listener = self._listener
+            await self.heartbeat.start()
             stopping = self._tidying.stopping
             check = self._config.timeout_check
             self._tidying.spawn(
@@ -218,8 +229,10 @@ class Runner:
                 extra=self._extra,
             )
         await self.heartbeat.stop()
-        if self._listen_engine is not None:
-            await self._listen_engine.dispose()
+        if self._listener is not None:
+            await self._listener.leave()
+        if self._store.dialect.connections is not None:
+            await self._store.dialect.connections.close()
 
     def _outdated_by(self, version: int) -> None:
         """Tables upgraded past this release: stop claiming (what runs here finishes)."""

@@ -47,6 +47,9 @@ def dummy_engine() -> Any:
         ("cancel_grace", -0.5, ValueError),
         ("cancel_grace", None, TypeError),
         ("logger", "jobsd", TypeError),
+        ("max_connections", 0, ValueError),
+        ("max_connections", 2.0, TypeError),
+        ("max_connections", None, TypeError),
     ],
 )
 def test_invalid_option_names_parameter_and_value(

@@ -16,14 +16,13 @@ import logging
 import warnings
 from collections import Counter
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from conftest import BACKENDS, drop_tables, eventually
-from sqlalchemy import bindparam, event, select, text
-from sqlalchemy.exc import DBAPIError
+from serverconns import ServerConnections
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunState, RunStatus, StoreError
@@ -37,113 +36,6 @@ RUNS = 150
 HEARTBEAT = 0.5
 FAST: dict[str, Any] = {"heartbeat_interval": HEARTBEAT, "timeout_check": 0.5, "run_timeout": 30}
 SLOW_POLL = 30.0  # a run that starts well before this was started by a NOTIFY
-
-
-@dataclass
-class ServerConnections:
-    """The server-side connections one engine opened, recorded as it opens them.
-
-    PostgreSQL connections are known by ``(pid, backend_start)``, so a pid the server has
-    since given to someone else's connection is never killed; MariaDB connection ids are
-    not reused.
-    """
-
-    backend: str
-    killer: AsyncEngine  # a separate engine, never instrumented, never killed
-    ids: list[tuple[int, datetime | None]] = field(default_factory=list)
-    killed: int = 0
-
-    def instrument(self, engine: AsyncEngine) -> None:
-        event.listen(engine.sync_engine, "connect", self._on_connect)
-
-    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
-        # The async drivers' adapters are sync-wrapped inside pool events.
-        cursor = dbapi_connection.cursor()
-        try:
-            if self.backend == "postgresql":
-                cursor.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-                pid, started = cursor.fetchone()
-                self.ids.append((int(pid), started))
-            else:
-                cursor.execute("SELECT CONNECTION_ID()")
-                self.ids.append((int(cursor.fetchone()[0]), None))
-        finally:
-            cursor.close()
-        dbapi_connection.rollback()
-
-    async def kill(self, only: set[int] | None = None) -> int:
-        """Terminate the recorded connections still open (those in ``only``); how many."""
-        targets = [(i, s) for i, s in self.ids if only is None or i in only]
-        if not targets:
-            return 0
-        done = 0
-        async with self.killer.connect() as conn:
-            if self.backend == "postgresql":
-                result = await conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity AS a"
-                        " JOIN unnest(CAST(:pids AS integer[]), CAST(:starts AS timestamptz[]))"
-                        " AS k(pid, started) ON a.pid = k.pid AND a.backend_start = k.started"
-                    ),
-                    {"pids": [i for i, _ in targets], "starts": [s for _, s in targets]},
-                )
-                done = sum(1 for (ok,) in result if ok)
-            else:
-                wanted = sorted({i for i, _ in targets})
-                result = await conn.execute(
-                    text("SELECT ID FROM information_schema.PROCESSLIST WHERE ID IN :ids").bindparams(
-                        bindparam("ids", expanding=True)
-                    ),
-                    {"ids": wanted},
-                )
-                for (conn_id,) in result.all():
-                    try:
-                        await conn.exec_driver_sql(f"KILL CONNECTION {int(conn_id)}")
-                        done += 1
-                    except DBAPIError as exc:
-                        if not (exc.orig is not None and exc.orig.args and exc.orig.args[0] == 1094):
-                            raise  # 1094: Unknown thread id, it ended meanwhile
-            await conn.rollback()
-        self.killed += done
-        return done
-
-    async def alive(self) -> set[int]:
-        """Ids of the recorded connections the server still has."""
-        async with self.killer.connect() as conn:
-            if self.backend == "postgresql":
-                rows = (await conn.execute(text("SELECT pid, backend_start FROM pg_stat_activity"))).all()
-                mine = set(self.ids)
-                return {int(p) for p, s in rows if (int(p), s) in mine}
-            rows = (await conn.execute(text("SELECT ID FROM information_schema.PROCESSLIST"))).all()
-            return {int(i) for (i,) in rows} & {i for i, _ in self.ids}
-
-    async def listeners(self, prefix: str, *, of: JobsD | None = None) -> set[int]:
-        """PostgreSQL: recorded connections that are instances' listening lifelines (all, or
-        the one of instance ``of``).
-
-        (``prefix`` is the test's: only its own connections are recorded anyway.)
-        """
-        instance = "%" if of is None else str(of.instance_id)
-        async with self.killer.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text("SELECT pid, backend_start FROM pg_stat_activity WHERE application_name LIKE :name"),
-                    {"name": f"jobsd lifeline #{instance} listening"},
-                )
-            ).all()
-        mine = set(self.ids)
-        return {int(p) for p, s in rows if (int(p), s) in mine}
-
-    async def killing(self, duration: float, every: float) -> int:
-        """Kill every recorded connection, again and again, for ``duration`` seconds; waves that killed."""
-        waves = 0
-        loop = asyncio.get_running_loop()
-        end = loop.time() + duration
-        while loop.time() < end:
-            if await self.kill():
-                waves += 1
-            await asyncio.sleep(every)
-        return waves
 
 
 async def db_now(engine: AsyncEngine, backend: str) -> datetime:
@@ -267,14 +159,15 @@ async def test_connections_killed_under_load(
     b = JobsD(own, table_prefix=table_prefix, poll_interval=0.2, **FAST)
     work_a, work_b = a.register_job("work", work), b.register_job("work", work)
     instances = [a, b]
-    listening = 2
     if pg:
         woken = JobsD(own, table_prefix=table_prefix, poll_interval=SLOW_POLL, **FAST)
         woken.register_job("remote", remote)
         producer = JobsD(own, table_prefix=table_prefix, workers=0, poll_interval=SLOW_POLL, **FAST)
         remote_job = producer.register_job("remote", remote)
         instances += [woken, producer]
-        listening = 4  # a producer without workers listens too: for its waiters
+    # All four share the engine: one LISTEN connection serves them (a producer without
+    # workers listens too, for its waiters).
+    listening = 1
 
     created: list[int] = []
 
@@ -292,7 +185,7 @@ async def test_connections_killed_under_load(
 
                 async def all_listening() -> bool:
                     nonlocal first_listeners
-                    first_listeners = await killer.listeners(table_prefix)
+                    first_listeners = await killer.listeners()
                     return len(first_listeners) == listening
 
                 await eventually(all_listening, timeout=5, what=f"{listening} LISTEN connections")
@@ -319,7 +212,7 @@ async def test_connections_killed_under_load(
                 assert not first_listeners & await killer.alive(), "a LISTEN connection survived"
 
                 async def listening_again() -> bool:
-                    return len(await killer.listeners(table_prefix)) == listening
+                    return len(await killer.listeners()) == listening
 
                 await eventually(listening_again, timeout=5, what="LISTEN connections re-established")
                 # Cross-instance wake-ups work again: only the NOTIFY can start this run now.
@@ -374,10 +267,10 @@ async def test_listener_killed_comes_back(
 
         async def one() -> bool:
             nonlocal found
-            found = await killer.listeners(table_prefix, of=worker)
+            found = await killer.listeners()
             return len(found) == 1
 
-        await eventually(one, timeout=4 * HEARTBEAT + 2, what="the worker's LISTEN connection")
+        await eventually(one, timeout=4 * HEARTBEAT + 2, what="the process's LISTEN connection")
         return found.pop()
 
     async def woken() -> None:

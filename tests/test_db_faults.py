@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import BACKENDS, drop_tables, eventually
 from faultproxy import FaultProxy
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD, RunInfo, StoreError
 
@@ -139,19 +140,20 @@ async def test_down_is_bounded_when_the_database_stops_answering(
 async def test_a_pool_emptied_by_jobs_never_delays_the_heartbeat(
     database_url: str, engine: AsyncEngine, table_prefix: str
 ) -> None:
-    # Each job holds one of the owner's three pooled connections for 2 s (ten heartbeats):
-    # were the heartbeat to wait for one, the peer would take the owner for dead and re-run.
-    small = create_async_engine(database_url, pool_size=3, max_overflow=0)
+    # While three runs are running, their jobs take every connection the owner's pool has
+    # left and hold them for 2 s (ten heartbeats): were the heartbeat to need one from the
+    # pool, the peer would take the owner for dead and re-run.  The instance's connections
+    # are its own, held between uses, so the pool running dry costs it nothing.
+    small = create_async_engine(database_url, pool_size=4, max_overflow=0, pool_timeout=0.5)
     owner = JobsD(small, table_prefix=table_prefix, heartbeat_interval=0.2, poll_interval=0.1, workers=3)
     peer = JobsD(engine, table_prefix=table_prefix, timeout_check=0.05, poll_interval=0.1)
     executed: Counter[str] = Counter()
+    release = asyncio.Event()
 
     @owner.job(name="hold")
     async def hold(n: int) -> None:
         executed[f"owner {n}"] += 1
-        async with small.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
-            await asyncio.sleep(2.0)
+        await release.wait()
 
     @peer.job(name="hold")
     async def rerun(n: int) -> None:
@@ -161,12 +163,25 @@ async def test_a_pool_emptied_by_jobs_never_delays_the_heartbeat(
         async with owner:
             run_ids = [await owner.create_run("hold", n).run() for n in range(3)]
             await eventually(lambda: len(executed) == 3, what="the owner running all three")
-            async with peer:  # a watcher from now on, while the owner's pool is taken
+            taken: list[AsyncConnection] = []
+            async with peer:  # a watcher from now on, while the owner's pool is empty
+                while True:
+                    try:
+                        taken.append(await small.connect())
+                    except SQLAlchemyTimeoutError:
+                        break  # the pool is empty
+                beats = owner.instance.last_seen_at
+                await asyncio.sleep(2.0)
+                assert owner.instance.last_seen_at != beats, "the owner stopped beating"
+                for conn in taken:
+                    await conn.close()
+                release.set()
                 states = [await peer.wait_for_run(run_id, timeout=30) for run_id in run_ids]
         assert all(s.status.value == "succeeded" for s in states)
         assert executed == {f"owner {n}": 1 for n in range(3)}, executed
         assert peer.instance.runs_timed_out_res == 0
     finally:
+        release.set()
         await small.dispose()
         await drop_tables(engine, owner)
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .._errors import JobsDError, StoreError
+from ._connections import Connections
 from ._schema import UTCDateTime
 
 T = TypeVar("T")
@@ -56,6 +57,8 @@ class Dialect:
         self._now: ColumnElement[datetime] | None = None
         # Reads and one-statement writes without BEGIN/COMMIT (PostgreSQL; see detect()).
         self.autocommit = False
+        # A started instance's connection budget; without one, every use is a pool checkout.
+        self.connections: Connections | None = None
 
     @classmethod
     async def detect(cls, engine: AsyncEngine) -> Dialect:
@@ -125,14 +128,26 @@ class Dialect:
             yield conn
 
     @asynccontextmanager
-    async def _transaction(
-        self, progress: _Progress, *, one_statement: bool = False
-    ) -> AsyncIterator[AsyncConnection]:
+    async def _connection(self, *, autocommit: bool, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection of the instance's budget, or else one from the pool; in autocommit
+        mode if ``autocommit`` and the engine allows it (see :meth:`transaction_on`)."""
+        if self.connections is not None:
+            async with self.connections.lease(urgent=urgent) as conn:
+                yield conn
+            return
         async with self.engine.connect() as conn:
-            if one_statement and self.autocommit:
+            if autocommit and self.autocommit:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    @asynccontextmanager
+    async def _transaction(
+        self, progress: _Progress, *, one_statement: bool = False, urgent: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        async with self._connection(autocommit=one_statement, urgent=urgent) as conn:
+            if one_statement and _autocommits(conn):
                 # A single statement is atomic on its own: without BEGIN and COMMIT it costs
                 # one round trip instead of three.
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield conn
                 return
             async with self.transaction_on(conn, progress) as same:
@@ -142,33 +157,51 @@ class Dialect:
     async def transaction_on(
         self, conn: AsyncConnection, progress: _Progress | None = None
     ) -> AsyncIterator[AsyncConnection]:
-        """One write transaction on ``conn``: committed on success, else rolled back."""
+        """One write transaction on ``conn``: committed on success, else rolled back.
+
+        On a connection in autocommit mode (an instance's own, on PostgreSQL) the
+        transaction is opened and ended with explicit statements.
+        """
+        explicit = _autocommits(conn)
         try:
             if self.is_sqlite:
                 # Inside the try: a cancel that lands while BEGIN runs must still roll back.
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif explicit:
+                await conn.exec_driver_sql("BEGIN")
             yield conn
         except BaseException:
-            await _rollback(conn)
+            await _rollback(conn, explicit=explicit)
             raise
         if progress is not None:
             progress.committing = True
-        await conn.commit()
+        if explicit:
+            try:
+                await conn.exec_driver_sql("COMMIT")
+            except BaseException:
+                # The server's transaction state is unknown: the connection is not used again.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.invalidate())
+                raise
+        else:
+            await conn.commit()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """A pooled connection for reads; its implicit transaction ends with it.
+        """A connection for reads; its implicit transaction ends with it.
 
         On PostgreSQL it reads in autocommit mode: each statement sees what was committed
         when it started (as under READ COMMITTED) and costs one round trip, not three.
         """
-        async with self.engine.connect() as conn:
-            if self.autocommit:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with self._connection(autocommit=True) as conn:
             yield conn
 
     async def retrying(
-        self, work: Callable[[AsyncConnection], Awaitable[T]], *, one_statement: bool = False
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        one_statement: bool = False,
+        urgent: bool = False,
     ) -> T:
         """Run ``work`` in a transaction, again on deadlocks and lock timeouts, and once on a
         connection found dead before ``COMMIT`` (a stale pooled connection, a terminated
@@ -177,12 +210,13 @@ class Dialect:
         ``one_statement``: ``work`` writes with one statement that may run again even if
         its first run landed (it is idempotent, or what it did is recovered anyway, like a
         claim whose answer was lost); PostgreSQL then runs it without BEGIN and COMMIT.
+        ``urgent``: the heartbeat's, first in line for the instance's connections.
         """
         reconnected = False
         for attempt in range(_TRANSIENT_RETRIES):
             progress = _Progress()
             try:
-                async with self._transaction(progress, one_statement=one_statement) as conn:
+                async with self._transaction(progress, one_statement=one_statement, urgent=urgent) as conn:
                     return await work(conn)
             except DBAPIError as exc:
                 if progress.committing or attempt == _TRANSIENT_RETRIES - 1:
@@ -245,13 +279,29 @@ class _Progress:
         self.committing = False
 
 
-async def _rollback(conn: AsyncConnection) -> None:
-    """Roll back; on a connection that is already broken there is nothing left to undo."""
+async def _rollback(conn: AsyncConnection, *, explicit: bool = False) -> None:
+    """Roll back; on a connection that is already broken there is nothing left to undo.
+
+    ``explicit``: the transaction was opened with a ``BEGIN`` statement (autocommit mode).
+    """
     try:
-        await asyncio.shield(conn.rollback())
+        if explicit:
+            await asyncio.shield(conn.exec_driver_sql("ROLLBACK"))
+        else:
+            await asyncio.shield(conn.rollback())
     except Exception:
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
+    except BaseException:
+        # Cancelled half-way: the connection's state is unknown, so it is not used again.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(conn.invalidate())
+        raise
+
+
+def _autocommits(conn: AsyncConnection) -> bool:
+    sync = conn.sync_connection
+    return sync is not None and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 def flavor_of(dialect: Any) -> str:

@@ -1,0 +1,258 @@
+"""The connection budget: the server connections one instance runs its statements on.
+
+At most ``limit`` are open at once.  A connection is taken from the engine's pool when work
+is waiting and none of the instance's is free, held between uses (so the next statement
+needs no checkout), and closed after ``idle_close`` seconds unused, down to one, which the
+heartbeat keeps busy.  Closed, not returned: the pool would keep it open.
+
+With ``limit >= 2`` one connection is kept for urgent work (the heartbeat): other work holds
+at most ``limit - 1`` at once, so a beat never waits behind a slow claim or a batch of
+completions.  With ``limit == 1`` they share it.
+
+When the server refuses a new connection (``too many clients already``), the instance goes
+on with the connections it holds and tries to open another only after a growing, jittered
+delay; while it holds none, callers get the refusal at once rather than each trying, so a
+full server sees one attempt per instance per delay instead of a storm.
+
+SQLite has no server connections: there every use is a plain checkout from the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+IDLE_CLOSE = 30.0  # seconds a connection may sit unused before it is closed (all but one)
+_RETRY_FIRST = 0.1  # seconds before a refused connection is tried again; doubling ...
+_RETRY_CAP = 5.0  # ... up to this
+_CLOSE_TIMEOUT = 2.0  # seconds closing one connection may take before it is abandoned
+
+
+class ConnectionRefused(ConnectionError):
+    """The server refused a new connection and the instance holds none (it retries later)."""
+
+
+class Connections:
+    """At most ``limit`` connections of ``engine``, leased one use at a time."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        limit: int,
+        *,
+        name: str | None = None,
+        autocommit: bool = False,
+        logger: logging.Logger,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        self._engine = engine
+        self.limit = limit
+        # Work that is not urgent leaves one connection to the heartbeat (when there are two).
+        self._ordinary_limit = limit - 1 if limit >= 2 else limit
+        self._name = name  # application_name of the connections (PostgreSQL)
+        # PostgreSQL: connections stay in autocommit mode; transactions BEGIN explicitly
+        # (see Dialect.transaction_on).  Switching per use would grow SQLAlchemy's reset
+        # list on a connection that is never checked in.
+        self.autocommit = autocommit
+        self._log = logger
+        self._extra = dict(extra or {})
+        self.idle_close = IDLE_CLOSE
+        self._idle: list[tuple[AsyncConnection, float]] = []  # most recently used last
+        self._open = 0  # held: idle, leased, or being opened
+        self._leased_ordinary = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._refusals = 0
+        self._retry_at = 0.0
+        self._refused: BaseException | None = None
+        self._closed = False
+        self.opened = 0  # connections opened so far (for tests and operators)
+
+    @property
+    def held(self) -> int:
+        """Connections open (idle or in use) right now."""
+        return self._open
+
+    @asynccontextmanager
+    async def lease(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection of the instance's for one use, its transaction ended afterwards."""
+        conn = None if self._closed else await self._acquire(urgent)
+        if conn is None:  # after close() (a last statement at shutdown): a plain checkout
+            async with self._engine.connect() as plain:
+                yield plain
+            return
+        try:
+            yield conn
+        finally:
+            if not urgent:
+                self._leased_ordinary -= 1
+            await self._release(conn)
+
+    async def trim(self) -> None:
+        """Close connections unused for ``idle_close`` seconds, keeping one."""
+        cutoff = time.monotonic() - self.idle_close
+        while len(self._idle) > 0 and self._open > 1 and self._idle[0][1] < cutoff:
+            conn, _ = self._idle.pop(0)
+            self._open -= 1
+            await discard(conn)
+
+    async def close(self) -> None:
+        """Close every idle connection; those in use are closed when they come back.
+
+        Leases after this open plain pooled connections (a last statement at shutdown).
+        """
+        self._closed = True
+        idle, self._idle = self._idle, []
+        self._open -= len(idle)
+        for conn, _ in idle:
+            await discard(conn)
+        self._wake()
+
+    async def _acquire(self, urgent: bool) -> AsyncConnection | None:
+        """A connection, counted in ``_leased_ordinary`` unless ``urgent``; None once closed."""
+        while True:
+            if self._closed:
+                return None
+            allowed = urgent or self._leased_ordinary < self._ordinary_limit
+            if allowed and self._idle:
+                conn, _ = self._idle.pop()
+                if not _lost(conn):
+                    if not urgent:
+                        self._leased_ordinary += 1
+                    return conn
+                self._open -= 1
+                await discard(conn)
+                continue
+            if allowed and self._open < self.limit:
+                if time.monotonic() >= self._retry_at:
+                    if not urgent:
+                        self._leased_ordinary += 1  # before the await: the limit holds meanwhile
+                    try:
+                        return await self._connect()
+                    except BaseException:
+                        if not urgent:
+                            self._leased_ordinary -= 1
+                        raise
+                if self._open == 0:
+                    raise ConnectionRefused(
+                        f"the database refused a new connection ({self._refused}); retrying in "
+                        f"{max(0.0, self._retry_at - time.monotonic()):.1f}s"
+                    ) from self._refused
+            waiter = asyncio.get_running_loop().create_future()
+            if urgent:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    async def _connect(self) -> AsyncConnection:
+        self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
+        try:
+            conn = await self._engine.connect()
+            try:
+                if self._name is not None:
+                    await conn.execute(select(func.set_config("application_name", self._name, False)))
+                    await conn.commit()
+                if self.autocommit:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                await discard(conn)
+                raise
+        except Exception as exc:
+            self._open -= 1
+            self._on_refused(exc)
+            self._wake()
+            raise
+        except BaseException:
+            self._open -= 1
+            self._wake()
+            raise
+        if self._refusals:
+            self._log.warning(
+                "jobsd: the database accepts new connections again (after %d refusals)",
+                self._refusals,
+                extra=self._extra,
+            )
+        self._refusals = 0
+        self._retry_at = 0.0
+        self.opened += 1
+        return conn
+
+    def _on_refused(self, exc: BaseException) -> None:
+        self._refusals += 1
+        self._retry_at = time.monotonic() + retry_delay(self._refusals)
+        self._refused = exc
+        if self._refusals == 1:
+            self._log.warning(
+                "jobsd: the database refused a new connection (%s); going on with the %d held, "
+                "trying again later",
+                exc,
+                self._open,
+                extra=self._extra,
+            )
+
+    async def _release(self, conn: AsyncConnection) -> None:
+        try:
+            if not _lost(conn) and conn.in_transaction():
+                # The implicit transaction of a read ends here, as it would back in the pool
+                # (under REPEATABLE READ a held snapshot would otherwise age forever).
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await conn.rollback()
+        except BaseException:
+            self._forget(conn)
+            raise
+        if _lost(conn) or self._closed:
+            self._forget(conn)
+        else:
+            self._idle.append((conn, time.monotonic()))
+            if len(self._idle) > 1 and self._idle[0][1] < time.monotonic() - self.idle_close:
+                await self.trim()
+        self._wake()
+
+    def _forget(self, conn: AsyncConnection) -> None:
+        """Stop counting ``conn`` and close it in the background (never back to the pool)."""
+        self._open -= 1
+        self._wake()
+        task = asyncio.get_running_loop().create_task(discard(conn))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before connecting again after ``failures`` refusals in a row (jittered)."""
+    delay: float = min(_RETRY_CAP, _RETRY_FIRST * 2.0 ** min(failures - 1, 16))
+    return delay * random.uniform(0.5, 1.0)
+
+
+def _lost(conn: AsyncConnection) -> bool:
+    return conn.closed or conn.invalidated
+
+
+async def discard(conn: AsyncConnection) -> None:
+    """Close ``conn`` for good (never back to the pool, where it would stay open)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()

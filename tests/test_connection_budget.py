@@ -1,0 +1,252 @@
+"""The connection budget (``max_connections``) and the shared LISTEN connection.
+
+Counted on the servers themselves: every connection a test's engine opens is recorded by
+its server id, and the test asks the server which of them are still open.  SQLite has no
+server connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import BACKENDS, drop_tables, eventually
+from serverconns import ServerConnections
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from jobsd_async import JobsD, RunInfo, RunStatus
+from jobsd_async._store import _connections
+
+SERVERS = [b for b in BACKENDS if b != "sqlite"]
+POSTGRES = [b for b in BACKENDS if b == "postgresql"]
+FAST: dict[str, Any] = {"heartbeat_interval": 0.2, "timeout_check": 0.2, "poll_interval": 0.1}
+
+
+@pytest.fixture
+def recorder(backend: str, engine: AsyncEngine) -> ServerConnections:
+    return ServerConnections(backend, engine)
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_idle_instance_holds_two_connections_busy_one_at_most_four(
+    backend: str,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    recorder: ServerConnections,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_connections, "IDLE_CLOSE", 0.5)
+    own = create_async_engine(database_url, pool_size=20, max_overflow=20)
+    recorder.instrument(own)
+    jd = JobsD(own, table_prefix=table_prefix, workers=10, **FAST)
+    executed: Counter[int] = Counter()
+
+    @jd.job(name="work")
+    async def work(info: RunInfo) -> None:
+        executed[info.id] += 1
+        await asyncio.sleep(0.01)
+
+    listen = 1 if backend == "postgresql" else 0
+    try:
+        async with jd:
+
+            async def idle() -> bool:
+                return len(await recorder.alive()) <= 1 + listen
+
+            await eventually(idle, timeout=10, what=f"an idle instance holding {1 + listen} connections")
+
+            peak = 0
+            done = asyncio.Event()
+
+            async def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, len(await recorder.alive()))
+                    await asyncio.sleep(0.02)
+
+            sampling = asyncio.create_task(sample())
+            ids = [await work.create_run().run() for _ in range(40)]
+            ids += await jd.create_runs(work, [() for _ in range(160)])
+            for run_id in ids:
+                assert (await jd.wait_for_run(run_id, timeout=60)).status is RunStatus.SUCCEEDED
+            done.set()
+            await sampling
+            assert peak <= 3 + listen, f"a busy instance held {peak} connections"
+            assert set(executed.values()) == {1} and len(executed) == 200
+
+            await eventually(idle, timeout=10, what="unused connections closed")
+    finally:
+        await own.dispose()
+        await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_max_connections_one_shares_a_single_connection(
+    backend: str, database_url: str, engine: AsyncEngine, table_prefix: str, recorder: ServerConnections
+) -> None:
+    own = create_async_engine(database_url, pool_size=20, max_overflow=20)
+    recorder.instrument(own)
+    jd = JobsD(own, table_prefix=table_prefix, workers=8, max_connections=1, **FAST)
+    executed: Counter[int] = Counter()
+
+    @jd.job(name="work")
+    async def work(info: RunInfo) -> None:
+        executed[info.id] += 1
+
+    listen = 1 if backend == "postgresql" else 0
+    try:
+        async with jd:
+            peak = 0
+            ids = await jd.create_runs(work, [() for _ in range(100)])
+            for run_id in ids:
+                await jd.wait_for_run(run_id, timeout=60)
+                peak = max(peak, len(await recorder.alive()))
+            assert peak <= 1 + listen, f"max_connections=1 held {peak} connections"
+            assert set(executed.values()) == {1} and len(executed) == 100
+    finally:
+        await own.dispose()
+        await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", POSTGRES)
+async def test_instances_of_a_process_share_one_listen_connection(
+    backend: str, database_url: str, engine: AsyncEngine, table_prefix: str, recorder: ServerConnections
+) -> None:
+    own = create_async_engine(database_url)
+    recorder.instrument(own)
+    ran: list[str] = []
+
+    def worker(name: str) -> JobsD:
+        # Polls every 30 s: a run it starts within seconds was announced by NOTIFY.
+        jd = JobsD(own, table_prefix=table_prefix, poll_interval=30, heartbeat_interval=0.2)
+
+        @jd.job(name=f"on {name}")
+        async def job() -> None:
+            ran.append(name)
+
+        return jd
+
+    a, b, c = worker("a"), worker("b"), worker("c")
+    producer = JobsD(own, table_prefix=table_prefix, workers=0)
+
+    async def nothing() -> None:
+        return None
+
+    on = {name: producer.register_job(f"on {name}", nothing) for name in "abc"}
+    try:
+        async with producer, a, b, c:
+            assert len(await recorder.listeners()) == 1
+            for name in "abc":
+                await producer.wait_for_run(await on[name].create_run().run(), timeout=10)
+            await a.down()
+            assert len(await recorder.listeners()) == 1
+            for name in "bc":  # the others still hear about new runs
+                await producer.wait_for_run(await on[name].create_run().run(), timeout=10)
+            assert ran == ["a", "b", "c", "b", "c"]
+        assert await recorder.listeners() == set(), "the last one to leave closes it"
+    finally:
+        await own.dispose()
+        await drop_tables(engine, producer)
+
+
+@pytest.mark.parametrize("backend", POSTGRES)
+async def test_at_the_ceiling_an_instance_backs_off_keeps_beating_and_recovers(
+    backend: str,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    recorder: ServerConnections,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server refuses new connections for a while (``too many connections for role``):
+    first while the instance holds connections, then while it holds none."""
+    caplog.set_level(logging.WARNING, logger="jobsd_async")
+    monkeypatch.setattr(_connections, "IDLE_CLOSE", 0.3)
+    role = f"{table_prefix}role"
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        await conn.exec_driver_sql(f'GRANT CREATE, USAGE ON SCHEMA public TO "{role}"')
+        await conn.commit()
+
+    async def ceiling(limit: int) -> None:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(f'ALTER ROLE "{role}" CONNECTION LIMIT {limit}')
+            await conn.commit()
+
+    own = create_async_engine(make_url(database_url).set(username=role, password=None))
+    recorder.instrument(own)
+    attempts = 0
+
+    @event.listens_for(own.sync_engine, "do_connect")
+    def count(*_: object) -> None:
+        nonlocal attempts
+        attempts += 1
+
+    jd = JobsD(own, table_prefix=table_prefix, workers=4, **FAST)
+    # On another account: creates the runs and watches the instance, whose running runs it
+    # would take over (time out and retry) if the instance missed its beats.
+    watcher = JobsD(engine, table_prefix=table_prefix, workers=0, timeout_check=0.1)
+    executed: Counter[int] = Counter()
+
+    @jd.job(name="work")
+    async def work(info: RunInfo) -> None:
+        executed[info.id] += 1
+        await asyncio.sleep(0.05)
+
+    @watcher.job(name="work")
+    async def never(info: RunInfo) -> None:
+        raise AssertionError("a worker-less instance ran a run")
+
+    async def refused_for(seconds: float) -> int:
+        """Connection attempts the instance makes while refused for ``seconds``."""
+        before = attempts
+        await asyncio.sleep(seconds)
+        return attempts - before
+
+    async def holding(count: int) -> bool:
+        return len(await recorder.alive()) == count
+
+    try:
+        async with jd, watcher:
+            # 1. Holding the listener and one connection, it may open no more.
+            await eventually(lambda: holding(2), timeout=10, what="the listener and one connection")
+            await ceiling(0)
+            ids = await watcher.create_runs("work", [() for _ in range(100)])
+            seen = jd.instance.last_seen_at
+            tries = await refused_for(3.0)
+            assert 1 <= tries <= 12, f"{tries} connection attempts in 3 s at the ceiling"
+            for run_id in ids:
+                assert (await watcher.wait_for_run(run_id, timeout=30)).status is RunStatus.SUCCEEDED
+            assert jd.instance.last_seen_at != seen, "the instance stopped beating at the ceiling"
+
+            # 2. Its connections killed while the server refuses: it holds none.
+            assert await recorder.kill() >= 2
+            more = await watcher.create_runs("work", [() for _ in range(20)])
+            tries = await refused_for(3.0)
+            assert 1 <= tries <= 12, f"{tries} connection attempts in 3 s holding none"
+
+            # 3. The server takes connections again: the instance recovers by itself.
+            seen = jd.instance.last_seen_at
+            await ceiling(-1)
+            for run_id in more:
+                assert (await watcher.wait_for_run(run_id, timeout=30)).status is RunStatus.SUCCEEDED
+            await eventually(lambda: jd.instance.last_seen_at != seen, what="a beat after recovery")
+        assert sorted(executed) == sorted(ids + more), "a run ran that was not created, or did not run"
+        assert set(executed.values()) == {1}, "a run ran twice"
+        assert watcher.instance.runs_timed_out_res == 0
+        assert "refused a new connection" in caplog.text
+        assert "accepts new connections again" in caplog.text
+    finally:
+        await own.dispose()
+        await drop_tables(engine, jd)
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            await conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            await conn.commit()
