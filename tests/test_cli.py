@@ -156,9 +156,11 @@ async def test_burst_runs_what_is_due_then_exits_0(jobsd: Jobsd, peer: JobsD) ->
 
 async def test_worker_options_come_from_the_environment_too(jobsd: Jobsd, peer: JobsD) -> None:
     run_id = await peer.create_run("echo", "from env").run()
-    code, out, err = await jobsd("worker", JOBSD_APP="cli_app:jd", JOBSD_BURST="1", JOBSD_WORKERS="3")
+    code, out, err = await jobsd(
+        "worker", JOBSD_APP="cli_app:jd", JOBSD_BURST="1", JOBSD_WORKERS="3", JOBSD_MAX_CONNECTIONS="2"
+    )
     assert code == 0, err
-    assert "3 workers" in out
+    assert "3 workers, at most 2 connections" in out
     assert (await peer.get_run_state(run_id)).result == "from env"
 
 

@@ -27,6 +27,14 @@ _RESERVE = 3.0  # seconds of a grace period kept for writing completions and the
     help="Runs at once (overrides the app's).",
 )
 @click.option(
+    "--max-connections",
+    type=click.IntRange(1, 1_000),
+    envvar="JOBSD_MAX_CONNECTIONS",
+    show_envvar=True,
+    help="Database connections the instance runs its statements on (overrides the app's); "
+    "on PostgreSQL the process holds one more, to LISTEN.",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="JOBSD_BURST",
@@ -62,7 +70,13 @@ _RESERVE = 3.0  # seconds of a grace period kept for writing completions and the
     help="json: one JSON object per line, with run_id, job, attempt and instance_id.",
 )
 def worker(
-    app: str, workers: int | None, burst: bool, grace_period: float, log_level: str, log_format: str
+    app: str,
+    workers: int | None,
+    max_connections: int | None,
+    burst: bool,
+    grace_period: float,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the app's JobsD until SIGTERM or SIGINT.
 
@@ -76,14 +90,18 @@ def worker(
         jobsd worker --app myapp.tasks:jd --workers 20
     """
     _configure_logging(log_level, log_format)
-    run(_work(app, workers, burst, grace_period))
+    run(_work(app, workers, max_connections, burst, grace_period))
 
 
-async def _work(app: str, workers: int | None, burst: bool, grace_period: float) -> None:
+async def _work(
+    app: str, workers: int | None, max_connections: int | None, burst: bool, grace_period: float
+) -> None:
     jd = await load_app(app)
     changes: dict[str, object] = {}
     if workers is not None:
         changes["workers"] = workers
+    if max_connections is not None:
+        changes["max_connections"] = max_connections
     if grace_period:
         changes.update(_fitted(jd, grace_period))
     if changes:
@@ -111,7 +129,8 @@ def _announce(jd: JobsD, grace_period: float) -> None:
     shutdown = "without limit" if config.shutdown_timeout is None else f"{config.shutdown_timeout:g}s"
     lines = [
         f"jobsd worker: instance {info.id} up on {socket.gethostname()} (pid {os.getpid()}), "
-        f"{info.workers} workers, table prefix {config.table_prefix!r}",
+        f"{info.workers} workers, at most {config.max_connections} connections, "
+        f"table prefix {config.table_prefix!r}",
         f"  jobs: {', '.join(info.supported_jobs) or '(none)'}",
         f"  schedules: {', '.join(info.supported_schedules) or '(none)'}",
         f"  shutdown: jobs get {shutdown}, then cancel_grace {config.cancel_grace:g}s"
