@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST, MakeJobsD, drop_tables, eventually
+from conftest import BACKENDS, FAST, MakeJobsD, drop_tables, eventually
 from schemadump import describe
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobsd_async import JobsD, RunInfo, RunStatus, SchemaError, schema
+from jobsd_async._store import _migrations
 from jobsd_async._store._schema import build_tables
 
 HERE = Path(__file__).parent
@@ -338,3 +339,41 @@ def schema_flavor(conn: Connection) -> str:
     from jobsd_async._store._dialect import flavor_of
 
     return flavor_of(conn.dialect)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "mariadb"])
+async def test_an_upgrade_released_but_not_yet_committed_is_not_applied_again(
+    engine: AsyncEngine, table_prefix: str, cleanup: list[str]
+) -> None:
+    """MySQL's upgrade lock (GET_LOCK) is released before the upgrader's COMMIT: the next
+    instance to take it must wait for that COMMIT, not record the versions a second time.
+    (Found by instances starting at once under load: ``Duplicate entry '5'``.)"""
+    cleanup.append(table_prefix)
+    migrations = build_tables(table_prefix).migrations
+    async with engine.connect() as first:
+
+        def upgrade_without_commit(conn: Connection) -> None:
+            with _migrations.locked(conn, table_prefix):
+                _migrations.upgrade(conn, table_prefix)
+
+        await first.run_sync(upgrade_without_commit)  # lock released, version row uncommitted
+        second = asyncio.create_task(schema.upgrade(engine, table_prefix=table_prefix))
+
+        async def second_waits_on_a_lock() -> bool:
+            # (PROCESSLIST, not INNODB_TRX: that one is a cache, not refreshed while polled often.)
+            async with engine.connect() as conn:
+                waiting = await conn.execute(
+                    text(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                        " WHERE ID <> CONNECTION_ID() AND INFO LIKE :table"
+                    ),
+                    {"table": f"%{migrations.name}%"},
+                )
+                return bool(waiting.scalar_one())
+
+        await eventually(second_waits_on_a_lock, timeout=10, what="the second upgrade waiting on a lock")
+        await first.commit()
+    assert await second == [], "the second upgrade applied versions again"
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(migrations.c.version))).scalars().all()
+    assert rows == [schema.CURRENT_VERSION]

@@ -189,11 +189,19 @@ MIGRATIONS: tuple[Migration, ...] = (
 # ------------------------------------------------------------------------------ reading
 
 
-def version_of(conn: Connection, tables: Tables) -> int:
-    """The schema version of ``tables``' prefix: 0 if there are no tables."""
+def version_of(conn: Connection, tables: Tables, *, locking: bool = False) -> int:
+    """The schema version of ``tables``' prefix: 0 if there are no tables.
+
+    ``locking``: a locking read, which waits for an upgrade still being committed and sees
+    its versions (MySQL releases the upgrade lock before the upgrader's COMMIT; under
+    REPEATABLE READ a plain read would miss what it recorded).
+    """
     names = set(inspect(conn).get_table_names())
     if tables.migrations.name in names:
-        found = conn.execute(select(tables.migrations.c.version).order_by(tables.migrations.c.version.desc()))
+        query = select(tables.migrations.c.version).order_by(tables.migrations.c.version.desc())
+        if locking and conn.dialect.name != "sqlite":
+            query = query.with_for_update(read=True)
+        found = conn.execute(query)
         latest = found.scalar()
         if latest is not None:
             return int(latest)
@@ -241,7 +249,7 @@ def upgrade(conn: Connection, prefix: str, *, to: int = SCHEMA_VERSION) -> list[
         raise ValueError(f"schema version must be between 1 and {SCHEMA_VERSION}, got {to!r}")
     flavor = flavor_of(conn.dialect)
     tables = build_tables(prefix, flavor=flavor)
-    current = version_of(conn, tables)
+    current = version_of(conn, tables, locking=True)
     require_known(current, tables)
     if current == 0:
         build_tables(prefix, flavor=flavor, version=to).metadata.create_all(conn)
