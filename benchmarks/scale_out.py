@@ -13,8 +13,9 @@ and waits until all have finished.  It samples ``pg_stat_activity`` every second
 
 Reported (and written with ``--json``):
 
-- completed runs, duplicates (a run executed more than once, from the workers' own
-  accounts) and stuck rows (not finished when the wait ended);
+- completed runs, duplicates (a run executed more than once: the workers' own accounts
+  of the rows they executed, by chain, so a re-run after a hand-over counts) and stuck
+  rows (not finished when the wait ended);
 - peak server connections (client backends) and what their wait events were (lock waits
   in particular);
 - statements the server refused (``too many clients`` and other errors in the workers'
@@ -226,6 +227,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     )
                 ]
+                chain_of = {
+                    int(row_id): int(chain)
+                    for row_id, chain in await conn.execute(
+                        select(runs.c.id, func.coalesce(runs.c.origin_id, runs.c.id))
+                    )
+                }
                 completed = (
                     await conn.execute(
                         select(func.count()).select_from(runs).where(runs.c.run_completed_at.is_not(None))
@@ -238,7 +245,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("runs", "instances", "migrations"):
                 await conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{prefix}{name}"')
         await admin.dispose()
-    executions = collections.Counter(run_id for account in accounts for run_id in account)
+    # Per chain: a run re-run after its instance was taken for dead counts as a duplicate.
+    executions = collections.Counter(chain_of[row_id] for account in accounts for row_id in account)
     refused = count_refusals(logs)
     latencies.sort()
 
@@ -255,6 +263,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "runs": args.runs,
         "rate": args.rate,
         "completed": completed,
+        "chains": len(set(chain_of.values())),
         "executed": sum(executions.values()),
         "duplicates": sum(1 for n in executions.values() if n > 1),
         "stuck": open_rows,

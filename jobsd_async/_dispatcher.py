@@ -165,7 +165,7 @@ class Dispatcher:
 
     async def poll_once(self) -> None:
         store = self._store
-        async with store.dialect.reading() as conn:
+        async with store.dialect.reading(patient=True) as conn:
             await _read.sample_clock(store, conn, self._clock)
             rows = await _claim.poll_due(
                 store,

@@ -79,7 +79,7 @@ class Heartbeat:
         """Notice tables upgraded past what this instance knows (a newer release deployed)."""
         tables = self._store.tables
         version = await self._store.dialect.retrying(
-            lambda conn: _migrations.latest_version(conn, tables), urgent=True
+            lambda conn: _migrations.latest_version(conn, tables), urgent=True, patient=True
         )
         if version > _migrations.SCHEMA_VERSION:
             self._on_newer_schema(version)
@@ -104,7 +104,9 @@ class Heartbeat:
         counters = dataclasses.replace(self._counters)
         store = self._store
         await store.dialect.retrying(
-            lambda conn: _instances.beat(store, conn, self._id, counters, shutdown=shutdown), urgent=True
+            lambda conn: _instances.beat(store, conn, self._id, counters, shutdown=shutdown),
+            urgent=True,
+            patient=True,
         )
         self.last_seen_at = self._clock.now()
 
@@ -114,7 +116,7 @@ class Heartbeat:
         if not running:
             return
         flagged = await self._store.dialect.retrying(
-            lambda conn: _cancel.cancel_requested(self._store, conn, running), urgent=True
+            lambda conn: _cancel.cancel_requested(self._store, conn, running), urgent=True, patient=True
         )
         for row_id in flagged:
             self._cancel(row_id)

@@ -157,7 +157,7 @@ class Reconciler:
         if not self.active:
             return
         store = self._store
-        async with store.dialect.reading() as conn:
+        async with store.dialect.reading(patient=True) as conn:
             chosen = await _periodic.reconcilers(store, conn)
             self.leading = frozenset(job for job in self._jobs if chosen.get(job) == self._id)
             chains = await _periodic.live_chains(store, conn, [chain_name(job) for job in self.leading])

@@ -46,7 +46,7 @@ class Resurrector:
 
     async def pass_once(self) -> int:
         """One scan; returns how many rows this instance resurrected."""
-        async with self._store.dialect.reading() as conn:
+        async with self._store.dialect.reading(patient=True) as conn:
             rows = await _resurrect.find_orphans(
                 self._store,
                 conn,

@@ -209,7 +209,7 @@ class Runner:
         if self._backlog is None:
             return
         try:
-            async with self._store.dialect.reading() as conn:
+            async with self._store.dialect.reading(patient=True) as conn:
                 self._backlog.by_job = await _browse.backlog_by_job(self._store, conn)
         except Exception as exc:
             self._log.warning("jobsd: counting the backlog for metrics failed: %s", exc, extra=self._extra)

@@ -44,7 +44,10 @@ async def test_idle_instance_holds_two_connections_busy_one_at_most_four(
     monkeypatch.setattr(_connections, "IDLE_CLOSE", 0.5)
     own = create_async_engine(database_url, pool_size=20, max_overflow=20)
     recorder.instrument(own)
-    jd = JobsD(own, table_prefix=table_prefix, workers=10, **FAST)
+    # Loops at their usual pace relative to each other (a beat, a poll, a timeout check).
+    jd = JobsD(
+        own, table_prefix=table_prefix, workers=10, heartbeat_interval=1, poll_interval=5, timeout_check=5
+    )
     executed: Counter[int] = Counter()
 
     @jd.job(name="work")
@@ -198,16 +201,21 @@ async def test_at_the_ceiling_an_instance_backs_off_keeps_beating_and_recovers(
     @jd.job(name="work")
     async def work(info: RunInfo) -> None:
         executed[info.id] += 1
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
 
     @watcher.job(name="work")
     async def never(info: RunInfo) -> None:
         raise AssertionError("a worker-less instance ran a run")
 
-    async def refused_for(seconds: float) -> int:
-        """Connection attempts the instance makes while refused for ``seconds``."""
+    async def refused_for(seconds: float, run_id: int) -> int:
+        """Connection attempts the instance makes while refused for ``seconds``, while
+        callers keep 100 reads queued for its connections (a demand that lasts)."""
         before = attempts
-        await asyncio.sleep(seconds)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            await asyncio.gather(*(jd.get_run_state(run_id) for _ in range(100)), return_exceptions=True)
+            await asyncio.sleep(0.01)
         return attempts - before
 
     async def holding(count: int) -> bool:
@@ -220,7 +228,7 @@ async def test_at_the_ceiling_an_instance_backs_off_keeps_beating_and_recovers(
             await ceiling(0)
             ids = await watcher.create_runs("work", [() for _ in range(100)])
             seen = jd.instance.last_seen_at
-            tries = await refused_for(3.0)
+            tries = await refused_for(3.0, ids[0])
             assert 1 <= tries <= 12, f"{tries} connection attempts in 3 s at the ceiling"
             for run_id in ids:
                 assert (await watcher.wait_for_run(run_id, timeout=30)).status is RunStatus.SUCCEEDED
@@ -229,7 +237,7 @@ async def test_at_the_ceiling_an_instance_backs_off_keeps_beating_and_recovers(
             # 2. Its connections killed while the server refuses: it holds none.
             assert await recorder.kill() >= 2
             more = await watcher.create_runs("work", [() for _ in range(20)])
-            tries = await refused_for(3.0)
+            tries = await refused_for(3.0, more[0])
             assert 1 <= tries <= 12, f"{tries} connection attempts in 3 s holding none"
 
             # 3. The server takes connections again: the instance recovers by itself.
@@ -250,3 +258,33 @@ async def test_at_the_ceiling_an_instance_backs_off_keeps_beating_and_recovers(
             await conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
             await conn.exec_driver_sql(f'DROP ROLE "{role}"')
             await conn.commit()
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_a_stream_of_work_on_one_connection_cannot_starve_the_heartbeat(engine: AsyncEngine) -> None:
+    """With ``max_connections=1``, claims and completions that give the connection back and
+    ask again at once must not keep it from the heartbeat (found in benchmarks/scale_out.py:
+    starved beats let peers take live instances for dead and re-run their runs)."""
+    conns = _connections.Connections(engine, 1, logger=logging.getLogger("jobsd_async"))
+    leases = 0
+    stop = asyncio.Event()
+
+    async def stream() -> None:
+        nonlocal leases
+        while not stop.is_set():
+            async with conns.lease() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            leases += 1
+
+    work = asyncio.create_task(stream())
+    try:
+        await eventually(lambda: leases >= 3, what="the stream of work running")
+        asked_at = leases
+        async with asyncio.timeout(5), conns.lease(urgent=True) as conn:
+            got_at = leases
+            await conn.exec_driver_sql("SELECT 1")
+        assert got_at - asked_at <= 1, f"the heartbeat waited for {got_at - asked_at} leases"
+    finally:
+        stop.set()
+        await work
+        await conns.close()

@@ -35,6 +35,7 @@ IDLE_CLOSE = 30.0  # seconds a connection may sit unused before it is closed (al
 _RETRY_FIRST = 0.1  # seconds before a refused connection is tried again; doubling ...
 _RETRY_CAP = 5.0  # ... up to this
 _CLOSE_TIMEOUT = 2.0  # seconds closing one connection may take before it is abandoned
+_GROW_AFTER = 0.05  # seconds work waits for one of the instance's connections before opening one
 
 
 class ConnectionRefused(ConnectionError):
@@ -69,7 +70,7 @@ class Connections:
         self._idle: list[tuple[AsyncConnection, float]] = []  # most recently used last
         self._open = 0  # held: idle, leased, or being opened
         self._leased_ordinary = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._refusals = 0
         self._retry_at = 0.0
         self._refused: BaseException | None = None
@@ -82,9 +83,15 @@ class Connections:
         return self._open
 
     @asynccontextmanager
-    async def lease(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A connection of the instance's for one use, its transaction ended afterwards."""
-        conn = None if self._closed else await self._acquire(urgent)
+    async def lease(self, *, urgent: bool = False, patient: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection of the instance's for one use, its transaction ended afterwards.
+
+        ``urgent``: first in line, and may use the connection kept for the heartbeat.
+        ``patient``: background work (a poll, a timeout check) that waits a moment for a
+        connection in use before opening another, so loops that happen to meet on an idle
+        instance do not keep extra connections open.
+        """
+        conn = None if self._closed else await self._acquire(urgent, patient)
         if conn is None:  # after close() (a last statement at shutdown): a plain checkout
             async with self._engine.connect() as plain:
                 yield plain
@@ -116,46 +123,76 @@ class Connections:
             await discard(conn)
         self._wake()
 
-    async def _acquire(self, urgent: bool) -> AsyncConnection | None:
-        """A connection, counted in ``_leased_ordinary`` unless ``urgent``; None once closed."""
+    async def _acquire(self, urgent: bool, patient: bool) -> AsyncConnection | None:
+        """A connection, counted in ``_leased_ordinary`` unless ``urgent``; None once closed.
+
+        Those waiting are served in order (the urgent first), by hand-over: a task that
+        gives a connection back and asks again at once queues behind them, so a stream of
+        claims and completions on one connection cannot starve the heartbeat.
+        """
         while True:
             if self._closed:
                 return None
             allowed = urgent or self._leased_ordinary < self._ordinary_limit
-            if allowed and self._idle:
+            ahead = any(w.urgent for w in self._waiters) if urgent else bool(self._waiters)
+            if allowed and self._idle and not ahead:
                 conn, _ = self._idle.pop()
                 if not _lost(conn):
-                    if not urgent:
-                        self._leased_ordinary += 1
+                    self._count(urgent)
                     return conn
                 self._open -= 1
                 await discard(conn)
                 continue
-            if allowed and self._open < self.limit:
-                if time.monotonic() >= self._retry_at:
+            below = allowed and self._open < self.limit
+            if below and self._open == 0 and time.monotonic() < self._retry_at:
+                raise ConnectionRefused(
+                    f"the database refused a new connection ({self._refused}); retrying in "
+                    f"{max(0.0, self._retry_at - time.monotonic()):.1f}s"
+                ) from self._refused
+            may_grow = below and time.monotonic() >= self._retry_at
+            # Patient work first waits a while for one in use; then it may open one ahead of
+            # those queued behind it (a new connection serves whoever is next).
+            if may_grow and (self._open == 0 or not patient):
+                self._count(urgent)  # before the await: the limit holds meanwhile
+                try:
+                    return await self._connect()
+                except BaseException:
                     if not urgent:
-                        self._leased_ordinary += 1  # before the await: the limit holds meanwhile
-                    try:
-                        return await self._connect()
-                    except BaseException:
-                        if not urgent:
-                            self._leased_ordinary -= 1
-                        raise
-                if self._open == 0:
-                    raise ConnectionRefused(
-                        f"the database refused a new connection ({self._refused}); retrying in "
-                        f"{max(0.0, self._retry_at - time.monotonic()):.1f}s"
-                    ) from self._refused
-            waiter = asyncio.get_running_loop().create_future()
+                        self._leased_ordinary -= 1
+                    raise
+            waiter = _Waiter(urgent)
             if urgent:
                 self._waiters.appendleft(waiter)
             else:
                 self._waiters.append(waiter)
             try:
-                await waiter
+                if may_grow:
+                    # One in use may come back within moments (a beat and a poll that meet):
+                    # a new connection only for demand that lasts.
+                    await asyncio.wait([waiter.future], timeout=_GROW_AFTER)
+                    patient = False
+                else:
+                    await waiter.future
+            except BaseException:
+                handed = waiter.future.done() and not waiter.future.cancelled()
+                if handed and (given := waiter.future.result()) is not None:
+                    # Cancelled just after a hand-over: pass the connection on.
+                    if not urgent:
+                        self._leased_ordinary -= 1
+                    self._give_back(given)
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+            handed_over = waiter.future.result() if waiter.future.done() else None
+            if handed_over is not None:
+                return handed_over  # already counted
+            # Woken to look again (a connection was lost or refused, or a slot freed), or
+            # tired of waiting for one in use.
+
+    def _count(self, urgent: bool) -> None:
+        if not urgent:
+            self._leased_ordinary += 1
 
     async def _connect(self) -> AsyncConnection:
         self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
@@ -215,11 +252,22 @@ class Connections:
             raise
         if _lost(conn) or self._closed:
             self._forget(conn)
-        else:
-            self._idle.append((conn, time.monotonic()))
-            if len(self._idle) > 1 and self._idle[0][1] < time.monotonic() - self.idle_close:
-                await self.trim()
-        self._wake()
+            return
+        self._give_back(conn)
+        if len(self._idle) > 1 and self._idle[0][1] < time.monotonic() - self.idle_close:
+            await self.trim()
+
+    def _give_back(self, conn: AsyncConnection) -> None:
+        """Hand ``conn`` to the first waiter that may take it, or keep it idle."""
+        for waiter in self._waiters:
+            if waiter.future.done():
+                continue
+            if waiter.urgent or self._leased_ordinary < self._ordinary_limit:
+                self._count(waiter.urgent)
+                waiter.future.set_result(conn)
+                self._waiters.remove(waiter)
+                return
+        self._idle.append((conn, time.monotonic()))
 
     def _forget(self, conn: AsyncConnection) -> None:
         """Stop counting ``conn`` and close it in the background (never back to the pool)."""
@@ -230,10 +278,19 @@ class Connections:
         task.add_done_callback(_closing.discard)
 
     def _wake(self) -> None:
+        """Let every waiter look again (None: no connection handed over)."""
         for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            if not waiter.future.done():
+                waiter.future.set_result(None)
         self._waiters.clear()
+
+
+class _Waiter:
+    __slots__ = ("future", "urgent")
+
+    def __init__(self, urgent: bool) -> None:
+        self.urgent = urgent
+        self.future: asyncio.Future[AsyncConnection | None] = asyncio.get_running_loop().create_future()
 
 
 _closing: set[asyncio.Task[None]] = set()

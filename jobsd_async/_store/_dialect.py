@@ -128,11 +128,14 @@ class Dialect:
             yield conn
 
     @asynccontextmanager
-    async def _connection(self, *, autocommit: bool, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
-        """A connection of the instance's budget, or else one from the pool; in autocommit
-        mode if ``autocommit`` and the engine allows it (see :meth:`transaction_on`)."""
+    async def _connection(
+        self, *, autocommit: bool, urgent: bool = False, patient: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """A connection of the instance's budget (see :meth:`Connections.lease`), or else one
+        from the pool; in autocommit mode if ``autocommit`` and the engine allows it (see
+        :meth:`transaction_on`)."""
         if self.connections is not None:
-            async with self.connections.lease(urgent=urgent) as conn:
+            async with self.connections.lease(urgent=urgent, patient=patient) as conn:
                 yield conn
             return
         async with self.engine.connect() as conn:
@@ -142,9 +145,9 @@ class Dialect:
 
     @asynccontextmanager
     async def _transaction(
-        self, progress: _Progress, *, one_statement: bool = False, urgent: bool = False
+        self, progress: _Progress, *, one_statement: bool = False, urgent: bool = False, patient: bool = False
     ) -> AsyncIterator[AsyncConnection]:
-        async with self._connection(autocommit=one_statement, urgent=urgent) as conn:
+        async with self._connection(autocommit=one_statement, urgent=urgent, patient=patient) as conn:
             if one_statement and _autocommits(conn):
                 # A single statement is atomic on its own: without BEGIN and COMMIT it costs
                 # one round trip instead of three.
@@ -187,13 +190,14 @@ class Dialect:
             await conn.commit()
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncConnection]:
+    async def reading(self, *, patient: bool = False) -> AsyncIterator[AsyncConnection]:
         """A connection for reads; its implicit transaction ends with it.
 
         On PostgreSQL it reads in autocommit mode: each statement sees what was committed
         when it started (as under READ COMMITTED) and costs one round trip, not three.
+        ``patient``: background work (see :meth:`Connections.lease`).
         """
-        async with self._connection(autocommit=True) as conn:
+        async with self._connection(autocommit=True, patient=patient) as conn:
             yield conn
 
     async def retrying(
@@ -202,6 +206,7 @@ class Dialect:
         *,
         one_statement: bool = False,
         urgent: bool = False,
+        patient: bool = False,
     ) -> T:
         """Run ``work`` in a transaction, again on deadlocks and lock timeouts, and once on a
         connection found dead before ``COMMIT`` (a stale pooled connection, a terminated
@@ -210,13 +215,16 @@ class Dialect:
         ``one_statement``: ``work`` writes with one statement that may run again even if
         its first run landed (it is idempotent, or what it did is recovered anyway, like a
         claim whose answer was lost); PostgreSQL then runs it without BEGIN and COMMIT.
-        ``urgent``: the heartbeat's, first in line for the instance's connections.
+        ``urgent``: the heartbeat's, first in line for the instance's connections;
+        ``patient``: background work (see :meth:`Connections.lease`).
         """
         reconnected = False
         for attempt in range(_TRANSIENT_RETRIES):
             progress = _Progress()
             try:
-                async with self._transaction(progress, one_statement=one_statement, urgent=urgent) as conn:
+                async with self._transaction(
+                    progress, one_statement=one_statement, urgent=urgent, patient=patient
+                ) as conn:
                     return await work(conn)
             except DBAPIError as exc:
                 if progress.committing or attempt == _TRANSIENT_RETRIES - 1:

@@ -69,10 +69,12 @@ async def prune(store: Store, *, older_than: float) -> int:
     total = 0
     while True:
         deleted = await store.dialect.retrying(
-            lambda conn: prune_runs_batch(store, conn, older_than=older_than)
+            lambda conn: prune_runs_batch(store, conn, older_than=older_than), patient=True
         )
         total += deleted
         if deleted < BATCH:
             break
-    await store.dialect.retrying(lambda conn: prune_instances(store, conn, older_than=older_than))
+    await store.dialect.retrying(
+        lambda conn: prune_instances(store, conn, older_than=older_than), patient=True
+    )
     return total
