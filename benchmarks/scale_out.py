@@ -101,6 +101,11 @@ class Sampler:
         self.peak = 0
         self.series: list[int] = []
         self.waits: collections.Counter[str] = collections.Counter()
+        self.startup_waits: collections.Counter[str] = collections.Counter()
+
+    def started(self) -> None:
+        """The workers are up: what was waited on so far was their start (the upgrade lock)."""
+        self.startup_waits, self.waits = self.waits, collections.Counter()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with self._engine.connect() as conn:
@@ -123,7 +128,10 @@ class Sampler:
                     await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def start_workers(args: argparse.Namespace, url: str, prefix: str, logs: Path) -> list[Any]:
+async def start_workers(
+    args: argparse.Namespace, url: str, prefix: str, logs: Path, procs: list[Any]
+) -> None:
+    """Start the workers into ``procs`` and wait until each is up."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")])),
@@ -144,7 +152,6 @@ async def start_workers(args: argparse.Namespace, url: str, prefix: str, logs: P
         str(args.poll_interval),
         *(["--bounced"] if args.via == "pgbouncer" else []),
     ]
-    procs = []
     for n in range(args.instances):
         stderr = (logs / f"worker{n}.log").open("wb")
         procs.append(
@@ -156,8 +163,7 @@ async def start_workers(args: argparse.Namespace, url: str, prefix: str, logs: P
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 300)
         if line.strip() != b"up":
-            raise RuntimeError(f"a worker did not start: {line!r}")
-    return procs
+            raise RuntimeError(f"a worker did not start (see its log in {logs})")
 
 
 async def stop_workers(procs: list[Any]) -> list[list[int]]:
@@ -187,11 +193,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     producer.register_job("noop", _noop)
     stop_sampling = asyncio.Event()
     sampler = Sampler(admin)
+    procs: list[Any] = []
     try:
         async with producer:
             sampling = asyncio.create_task(sampler.run(stop_sampling))
             began = time.perf_counter()
-            procs = await start_workers(args, url, prefix, logs)
+            await start_workers(args, url, prefix, logs, procs)
+            sampler.started()
             print(f"{args.instances} workers up in {time.perf_counter() - began:.1f}s", file=sys.stderr)
             began = time.perf_counter()
             batch = max(1, args.rate // 10)
@@ -239,6 +247,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 ).scalar_one()
     finally:
+        for proc in procs:  # a failed start leaves some running
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if bouncer is not None:
             await bouncer.stop()
         async with admin.begin() as conn:
@@ -272,6 +285,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "median_server_connections": statistics.median(sampler.series) if sampler.series else 0,
         "lock_wait_samples": sum(n for k, n in sampler.waits.items() if k.startswith("Lock:")),
         "wait_events": dict(sampler.waits.most_common(8)),
+        "wait_events_while_starting": dict(sampler.startup_waits.most_common(4)),
         "refused": refused,
         "claim_latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
         "worker_logs": str(logs),
