@@ -259,6 +259,9 @@ class Connections:
 
     def _give_back(self, conn: AsyncConnection) -> None:
         """Hand ``conn`` to the first waiter that may take it, or keep it idle."""
+        if self._closed:
+            self._forget(conn)
+            return
         for waiter in self._waiters:
             if waiter.future.done():
                 continue
