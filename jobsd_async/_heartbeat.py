@@ -56,6 +56,7 @@ class Heartbeat:
         self._log = config.logger
         self._loops = Loops(f"#{instance_id}", log=config.logger, extra={"instance_id": instance_id})
         self.last_seen_at: datetime | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start listening (on PostgreSQL) and beating."""
@@ -68,12 +69,16 @@ class Heartbeat:
 
     async def _tick(self) -> None:
         await self.beat()  # first: nothing else may delay it
-        if self.listener is not None:
-            await self.listener.ensure()
+        self._keep_listening()
         if self._connections is not None:
             await self._connections.trim()
         await self._check_cancels()
         await self._check_schema()
+
+    def _keep_listening(self) -> None:
+        """Reconnect the listener if it was lost, beside the beats (it may take seconds)."""
+        if self.listener is not None and (self._listening is None or self._listening.done()):
+            self._listening = asyncio.get_running_loop().create_task(self.listener.ensure())
 
     async def _check_schema(self) -> None:
         """Notice tables upgraded past what this instance knows (a newer release deployed)."""
@@ -87,6 +92,9 @@ class Heartbeat:
     async def stop(self) -> None:
         """Stop beating and write the last beat (``shutdown_at``)."""
         await self._loops.stop()
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.wait([self._listening], timeout=_FINAL_BEAT)
         try:
             # Bounded: a database that stopped answering must not hold the shutdown forever
             # (peers then take the instance for dead three beats after its last one).

@@ -33,6 +33,7 @@ from ._store._connections import discard as _discard
 from ._store._connections import retry_delay
 
 _CLOSE_TIMEOUT = 2.0  # seconds closing may take (UNLISTEN) before the connection is dropped
+_ENSURE_TIMEOUT = 10.0  # seconds connecting and subscribing may take before they are given up
 
 Callback = Callable[[str], None]
 
@@ -86,7 +87,7 @@ class Listener:
         return self._members
 
     async def _ensure(self) -> None:
-        async with self._lock:
+        async with self._lock, asyncio.timeout(_ENSURE_TIMEOUT):
             if self._conn is not None and self._lost():
                 await self._drop()
             if self._conn is None:
@@ -187,12 +188,19 @@ class Subscription:
         self._left = False
 
     async def ensure(self) -> None:
-        """Be listening (connect again if the connection was lost); errors are logged: polling goes on."""
+        """Be listening (connect again if the connection was lost); errors are logged: polling goes on.
+
+        Returns at once while another member is already at it.
+        """
+        if self.listener._lock.locked():
+            return
         try:
             await self.listener._ensure()
         except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                await self.listener._drop()
             self._log.warning(
-                "jobsd: cannot hold the LISTEN connection (polling only meanwhile): %s",
+                "jobsd: cannot hold the LISTEN connection (polling only meanwhile): %r",
                 exc,
                 extra=self._extra,
             )

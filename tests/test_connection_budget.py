@@ -289,3 +289,33 @@ async def test_a_stream_of_work_on_one_connection_cannot_starve_the_heartbeat(en
         stop.set()
         await work
         await conns.close()
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_the_beat_takes_a_connection_coming_back_rather_than_waiting_on_an_empty_pool(
+    backend: str, database_url: str
+) -> None:
+    """The instance holds one connection, busy with a slow statement; jobs hold the rest of
+    the engine's pool.  The beat may not wait for the pool (``pool_timeout``) while the
+    instance's own connection comes back (found in review: the beat failed after 5 s)."""
+    small = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=5)
+    conns = _connections.Connections(small, 3, logger=logging.getLogger("jobsd_async"))
+    sleep = "SELECT pg_sleep(0.3)" if backend == "postgresql" else "SELECT SLEEP(0.3)"
+    busy = asyncio.Event()
+
+    async def slow_work() -> None:
+        async with conns.lease() as conn:
+            busy.set()
+            await conn.exec_driver_sql(sleep)
+
+    try:
+        async with small.connect() as job:  # a job holds the pool's other connection
+            await job.exec_driver_sql("SELECT 1")
+            work = asyncio.create_task(slow_work())
+            await busy.wait()
+            async with asyncio.timeout(4), conns.lease(urgent=True, patient=True) as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            await work
+    finally:
+        await conns.close()
+        await small.dispose()

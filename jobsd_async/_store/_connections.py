@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -118,9 +119,8 @@ class Connections:
         """
         self._closed = True
         idle, self._idle = self._idle, []
-        self._open -= len(idle)
         for conn, _ in idle:
-            await discard(conn)
+            self._forget(conn)  # (in the background: a cancelled close() leaks none)
         self._wake()
 
     async def _acquire(self, urgent: bool, patient: bool) -> AsyncConnection | None:
@@ -152,6 +152,8 @@ class Connections:
             may_grow = below and time.monotonic() >= self._retry_at
             # Patient work first waits a while for one in use; then it may open one ahead of
             # those queued behind it (a new connection serves whoever is next).
+            if may_grow and urgent and self._open > 0:
+                return await self._grow_urgently()
             if may_grow and (self._open == 0 or not patient):
                 self._count(urgent)  # before the await: the limit holds meanwhile
                 try:
@@ -197,25 +199,100 @@ class Connections:
     async def _connect(self) -> AsyncConnection:
         self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
         try:
-            conn = await self._engine.connect()
+            conn = await self._open_one()
+        except BaseException as exc:
+            self._not_opened(exc)
+            raise
+        self._opened()
+        return conn
+
+    async def _grow_urgently(self) -> AsyncConnection:
+        """Open a connection for urgent work, or take one of ours coming back first.
+
+        A checkout from a pool that running jobs emptied may wait ``pool_timeout``; the
+        beat must not wait that long for a connection the instance gets back meanwhile.
+        """
+        self._open += 1
+        opening = asyncio.get_running_loop().create_task(self._open_one())
+        while True:
+            waiter = _Waiter(True)
+            self._waiters.appendleft(waiter)
             try:
-                if self._name is not None:
-                    await conn.execute(select(func.set_config("application_name", self._name, False)))
-                    await conn.commit()
-                if self.autocommit:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                either: list[asyncio.Future[Any]] = [waiter.future, opening]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             except BaseException:
-                await discard(conn)
+                opening.add_done_callback(self._adopt)
+                if waiter.future.done() and (given := waiter.future.result()) is not None:
+                    self._give_back(given)
                 raise
-        except Exception as exc:
-            self._open -= 1
-            self._on_refused(exc)
-            self._wake()
-            raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if waiter.future.done() and (given := waiter.future.result()) is not None:
+                opening.add_done_callback(self._adopt)  # kept idle, or dropped, when it ends
+                return given
+            if opening.done():
+                try:
+                    conn = opening.result()
+                except BaseException as exc:
+                    self._not_opened(exc)
+                    # Refused: wait for one of ours instead (we hold at least one).
+                    return await self._wait_for_one()
+                self._opened()
+                return conn
+
+    async def _wait_for_one(self) -> AsyncConnection:
+        """An urgent lease waiting only for one of the instance's connections."""
+        while True:
+            waiter = _Waiter(True)
+            self._waiters.appendleft(waiter)
+            try:
+                given = await waiter.future
+            except BaseException:
+                handed = waiter.future.done() and not waiter.future.cancelled()
+                if handed and (given_back := waiter.future.result()) is not None:
+                    self._give_back(given_back)
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if given is not None:
+                return given
+            if self._closed or self._open == 0:
+                raise ConnectionRefused(f"the database refused a new connection ({self._refused})")
+
+    def _adopt(self, opening: asyncio.Task[AsyncConnection]) -> None:
+        """A connection opened for a lease that no longer needs it: keep it idle."""
+        if opening.cancelled():
+            self._not_opened(asyncio.CancelledError())
+            return
+        exc = opening.exception()
+        if exc is not None:
+            self._not_opened(exc)
+            return
+        self._opened()
+        self._give_back(opening.result())
+
+    async def _open_one(self) -> AsyncConnection:
+        conn = await self._engine.connect()
+        try:
+            if self._name is not None:
+                await conn.execute(select(func.set_config("application_name", self._name, False)))
+                await conn.commit()
+            if self.autocommit:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
-            self._open -= 1
-            self._wake()
+            await discard(conn)
             raise
+        return conn
+
+    def _not_opened(self, exc: BaseException) -> None:
+        self._open -= 1
+        if isinstance(exc, Exception):
+            self._on_refused(exc)
+        self._wake()
+
+    def _opened(self) -> None:
         if self._refusals:
             self._log.warning(
                 "jobsd: the database accepts new connections again (after %d refusals)",
@@ -225,11 +302,13 @@ class Connections:
         self._refusals = 0
         self._retry_at = 0.0
         self.opened += 1
-        return conn
 
     def _on_refused(self, exc: BaseException) -> None:
         self._refusals += 1
-        self._retry_at = time.monotonic() + retry_delay(self._refusals)
+        delay = retry_delay(self._refusals)
+        self._retry_at = time.monotonic() + delay
+        # Those waiting for one in use may open one once the delay is over.
+        asyncio.get_running_loop().call_later(delay, self._wake)
         self._refused = exc
         if self._refusals == 1:
             self._log.warning(
