@@ -46,6 +46,15 @@ class FaultProxy:
             self._down = False
 
     @contextlib.asynccontextmanager
+    async def refusing(self) -> AsyncIterator[None]:
+        """While inside: new connections are refused; open ones carry on."""
+        self._down = True
+        try:
+            yield
+        finally:
+            self._down = False
+
+    @contextlib.asynccontextmanager
     async def frozen(self) -> AsyncIterator[None]:
         """While inside: connections stay open but nothing gets through (a black hole)."""
         self._flowing.clear()
@@ -53,6 +62,10 @@ class FaultProxy:
             yield
         finally:
             self._flowing.set()
+
+    def cut(self) -> None:
+        """Drop every open connection (new ones are let through)."""
+        self._cut()
 
     def _cut(self) -> None:
         for writer in list(self._pipes):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import BACKENDS, drop_tables, eventually
+from faultproxy import FaultProxy
 from serverconns import ServerConnections
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -319,3 +320,74 @@ async def test_the_beat_takes_a_connection_coming_back_rather_than_waiting_on_an
     finally:
         await conns.close()
         await small.dispose()
+
+
+@pytest.mark.parametrize("backend", POSTGRES)
+async def test_a_listener_reconnecting_into_a_black_hole_does_not_stop_the_beats(
+    database_url: str, engine: AsyncEngine, table_prefix: str
+) -> None:
+    """The LISTEN connection (here through a proxy) is lost and its server stops answering:
+    reconnecting hangs, and the beats must go on meanwhile (found in review: the beat loop
+    waited for the reconnect)."""
+    parts = make_url(database_url)
+    proxy = FaultProxy(parts.host or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    jd = JobsD(engine, table_prefix=table_prefix, listen=proxy.proxied(database_url), **FAST)
+    try:
+        async with jd:
+            await eventually(lambda: jd.instance.last_seen_at is not None, what="a first beat")
+            async with proxy.frozen():
+                proxy.cut()  # the LISTEN connection dies; a new one hangs in the black hole
+                cut = jd.instance.last_seen_at
+                # The tick of this beat finds the listener lost and starts reconnecting.
+                await eventually(lambda: jd.instance.last_seen_at != cut, timeout=3, what="a beat")
+                seen = jd.instance.last_seen_at
+                await eventually(
+                    lambda: jd.instance.last_seen_at != seen, timeout=3, what="a beat while reconnecting"
+                )
+    finally:
+        await proxy.close()
+        await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_work_refused_a_new_connection_waits_for_one_held_and_retries_after_the_delay(
+    backend: str, database_url: str
+) -> None:
+    """While the server refuses new connections, work that wanted another one neither fails
+    (the instance holds one) nor waits for it to come back: it opens one once the retry
+    delay is over and the server accepts again (found in review)."""
+    parts = make_url(database_url)
+    proxy = FaultProxy(parts.host or "127.0.0.1", parts.port or (5432 if backend == "postgresql" else 3306))
+    await proxy.start()
+    engine = create_async_engine(proxy.proxied(database_url))
+    conns = _connections.Connections(engine, 3, logger=logging.getLogger("jobsd_async"))
+    sleep = "SELECT pg_sleep(3)" if backend == "postgresql" else "SELECT SLEEP(3)"
+    busy = asyncio.Event()
+
+    async def slow_work() -> None:
+        async with conns.lease() as conn:
+            busy.set()
+            await conn.exec_driver_sql(sleep)
+
+    try:
+        work = asyncio.create_task(slow_work())
+        await busy.wait()
+        got = asyncio.Event()
+
+        async def more_work() -> None:
+            async with conns.lease() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+                got.set()
+
+        async with proxy.refusing():
+            wanting = asyncio.create_task(more_work())
+            await eventually(lambda: conns.opened == 1 and conns._refusals >= 1, what="a refusal")
+        async with asyncio.timeout(2):  # well before the held connection comes back (3 s)
+            await got.wait()
+        await wanting
+        await work
+    finally:
+        await conns.close()
+        await engine.dispose()
+        await proxy.close()

@@ -158,9 +158,11 @@ class Connections:
                 self._count(urgent)  # before the await: the limit holds meanwhile
                 try:
                     return await self._connect()
-                except BaseException:
+                except BaseException as exc:
                     if not urgent:
                         self._leased_ordinary -= 1
+                    if isinstance(exc, Exception) and self._open > 0:
+                        continue  # refused: wait for one of ours (and try again after the delay)
                     raise
             waiter = _Waiter(urgent)
             if urgent:
