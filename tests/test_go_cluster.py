@@ -177,11 +177,12 @@ async def test_run_once_cluster_failover(make_jobsd: MakeJobsD, table_prefix: st
     2 instances with 1 worker each; instance 1 polls every 200 ms; both have
     ``timeout_check=30``, so the resurrector plays no part.  They register **different**
     functions under the same job name: instance 0's counts and hangs for 5 minutes (ignoring
-    the cancel signal), instance 1's counts and returns.  Instance 0 submits with
-    ``run_timeout(0.5)``; once the function has started, instance 0 is downed.  (Instance 1 is
+    the cancel signal), instance 1's counts and returns.  Instance 0 submits with a run
+    timeout (Go: 500 ms; here 5 s, so that starting instance 1 on a loaded machine cannot
+    outlast it); once the function has started, instance 0 is downed.  (Instance 1 is
     started only then, so it cannot win the first claim; instance 0's ``shutdown_timeout`` is
-    0.1 s, so ``down()`` kills the attempt before its 500 ms timeout, which is the path Go's
-    test really exercises.)
+    0.1 s, so ``down()`` kills the attempt before its timeout, which is the path Go's test
+    really exercises.)
 
     Asserts: start count **2** (one per instance); the first attempt was recorded as killed;
     the latest state of the run id was created by instance 0 and started by instance 1, is
@@ -204,7 +205,7 @@ async def test_run_once_cluster_failover(make_jobsd: MakeJobsD, table_prefix: st
     survivor.register_job("TestRunOnceClusterFailover", returns)
 
     await leaving.up()
-    run_id = await leaving.create_run("TestRunOnceClusterFailover").run_timeout(0.5).run()
+    run_id = await leaving.create_run("TestRunOnceClusterFailover").run_timeout(5).run()
     await asyncio.wait_for(started.wait(), WAIT)
     await survivor.up()
     began = time.monotonic()

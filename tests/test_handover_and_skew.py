@@ -87,7 +87,11 @@ async def test_skewed_instance_runs_delayed_runs_once_and_on_time(make_jobsd: Ma
 @pytest.mark.parametrize("skew", [-60, 60])
 async def test_skewed_instance_times_out_on_time_not_early(make_jobsd: MakeJobsD, skew: int) -> None:
     skewed = make_jobsd(
-        clock=lambda: datetime.now(UTC) + timedelta(seconds=skew), heartbeat_interval=0.2, cancel_grace=0.1
+        # (Beats every 0.5 s: a watcher takes it for dead only after 1.5 s without one, not
+        # after a 0.6 s stall of a loaded machine, which would time the run out early.)
+        clock=lambda: datetime.now(UTC) + timedelta(seconds=skew),
+        heartbeat_interval=0.5,
+        cancel_grace=0.1,
     )
     watcher = make_jobsd(workers=0, timeout_check=0.1)
     watcher.register_job("slow", lambda: None)
