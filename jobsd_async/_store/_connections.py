@@ -78,11 +78,6 @@ class Connections:
         self._closed = False
         self.opened = 0  # connections opened so far (for tests and operators)
 
-    @property
-    def held(self) -> int:
-        """Connections open (idle or in use) right now."""
-        return self._open
-
     @asynccontextmanager
     async def lease(self, *, urgent: bool = False, patient: bool = False) -> AsyncIterator[AsyncConnection]:
         """A connection of the instance's for one use, its transaction ended afterwards.
@@ -164,11 +159,7 @@ class Connections:
                     if isinstance(exc, Exception) and self._open > 0:
                         continue  # refused: wait for one of ours (and try again after the delay)
                     raise
-            waiter = _Waiter(urgent)
-            if urgent:
-                self._waiters.appendleft(waiter)
-            else:
-                self._waiters.append(waiter)
+            waiter = self._enqueue(urgent)
             try:
                 if may_grow:
                     # One in use may come back within moments (a beat and a poll that meet):
@@ -178,17 +169,11 @@ class Connections:
                 else:
                     await waiter.future
             except BaseException:
-                handed = waiter.future.done() and not waiter.future.cancelled()
-                if handed and (given := waiter.future.result()) is not None:
-                    # Cancelled just after a hand-over: pass the connection on.
-                    if not urgent:
-                        self._leased_ordinary -= 1
-                    self._give_back(given)
+                self._pass_on(waiter)
                 raise
             finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            handed_over = waiter.future.result() if waiter.future.done() else None
+                self._dequeue(waiter)
+            handed_over = waiter.handed()
             if handed_over is not None:
                 return handed_over  # already counted
             # Woken to look again (a connection was lost or refused, or a slot freed), or
@@ -197,6 +182,27 @@ class Connections:
     def _count(self, urgent: bool) -> None:
         if not urgent:
             self._leased_ordinary += 1
+
+    def _enqueue(self, urgent: bool) -> _Waiter:
+        """A place in line: the urgent at the front, the others at the back."""
+        waiter = _Waiter(urgent)
+        if urgent:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def _pass_on(self, waiter: _Waiter) -> None:
+        """A waiter cancelled just after a hand-over passes the connection on."""
+        given = waiter.handed()
+        if given is not None:
+            if not waiter.urgent:
+                self._leased_ordinary -= 1
+            self._give_back(given)
 
     async def _connect(self) -> AsyncConnection:
         self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
@@ -217,20 +223,17 @@ class Connections:
         self._open += 1
         opening = asyncio.get_running_loop().create_task(self._open_one())
         while True:
-            waiter = _Waiter(True)
-            self._waiters.appendleft(waiter)
+            waiter = self._enqueue(True)
             try:
                 either: list[asyncio.Future[Any]] = [waiter.future, opening]
                 await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             except BaseException:
                 opening.add_done_callback(self._adopt)
-                if waiter.future.done() and (given := waiter.future.result()) is not None:
-                    self._give_back(given)
+                self._pass_on(waiter)
                 raise
             finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            if waiter.future.done() and (given := waiter.future.result()) is not None:
+                self._dequeue(waiter)
+            if (given := waiter.handed()) is not None:
                 opening.add_done_callback(self._adopt)  # kept idle, or dropped, when it ends
                 return given
             if opening.done():
@@ -246,18 +249,14 @@ class Connections:
     async def _wait_for_one(self) -> AsyncConnection:
         """An urgent lease waiting only for one of the instance's connections."""
         while True:
-            waiter = _Waiter(True)
-            self._waiters.appendleft(waiter)
+            waiter = self._enqueue(True)
             try:
                 given = await waiter.future
             except BaseException:
-                handed = waiter.future.done() and not waiter.future.cancelled()
-                if handed and (given_back := waiter.future.result()) is not None:
-                    self._give_back(given_back)
+                self._pass_on(waiter)
                 raise
             finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                self._dequeue(waiter)
             if given is not None:
                 return given
             if self._closed or self._open == 0:
@@ -375,6 +374,11 @@ class _Waiter:
     def __init__(self, urgent: bool) -> None:
         self.urgent = urgent
         self.future: asyncio.Future[AsyncConnection | None] = asyncio.get_running_loop().create_future()
+
+    def handed(self) -> AsyncConnection | None:
+        """The connection handed over to this waiter, if any."""
+        future = self.future
+        return future.result() if future.done() and not future.cancelled() else None
 
 
 _closing: set[asyncio.Task[None]] = set()
