@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from itertools import pairwise
 
@@ -33,9 +34,13 @@ def test_instance_option_is_validated() -> None:
 
 async def test_retries_wait_for_the_backoff(make_jobsd: MakeJobsD) -> None:
     jd = make_jobsd()
+    failed_at: list[float] = []
+    started_at: list[float] = []
 
     @jd.job(name="flaky", retries_error_limit=2)
     async def flaky() -> None:
+        started_at.append(time.monotonic())
+        failed_at.append(time.monotonic())
         raise RuntimeError("try again")
 
     async with jd:
@@ -45,14 +50,18 @@ async def test_retries_wait_for_the_backoff(make_jobsd: MakeJobsD) -> None:
 
     assert state.status is RunStatus.FAILED
     assert [(r["retry_backoff"], r["retry_backoff_cap"]) for r in rows] == [(0.3, 0.5)] * 3
-    waits = [
+    # The backoff counts from the failure, as the job saw it: jittered to [base/2, base], doubling.
+    slack = 0.02  # the follow-up's due time comes from the instance's estimate of the database clock
+    waits = [start - failure for failure, start in zip(failed_at, started_at[1:], strict=False)]
+    assert waits[0] >= 0.15 - slack
+    assert waits[1] >= 0.25 - slack
+    # In the rows, the completion is stamped when its batch is written, which can only be later
+    # than the failure: a due time never lies further than the backoff's upper end after it.
+    due_after_completion = [
         (later["run_at"] - earlier["run_completed_at"]).total_seconds() for earlier, later in pairwise(rows)
     ]
-    slack = 0.05  # run_at comes from the instance's estimate of the database clock
-    assert 0.15 - slack <= waits[0] <= 0.3 + slack
-    assert 0.25 - slack <= waits[1] <= 0.5 + slack
-    started = [r["run_started_at"] for r in rows]
-    assert started[1] - started[0] >= timedelta(seconds=0.1)
+    assert due_after_completion[0] <= 0.3 + 0.05
+    assert due_after_completion[1] <= 0.5 + 0.05
 
 
 async def test_precedence_instance_job_run(make_jobsd: MakeJobsD) -> None:
