@@ -27,6 +27,7 @@ from ._logs import JsonFormatter
 from ._retry import Retry, RetryIf
 from ._runs import InstanceInfo, RunInfo, RunState, RunStatus
 from ._schedules import BuiltinSchedule, ScheduleFunc, cron, every
+from ._store._queues import QueueInfo
 from ._worker import run_worker
 
 __version__ = "0.2.0.dev0"
@@ -46,6 +47,7 @@ __all__ = (
     "JobsDError",
     "JobsDStateError",
     "JsonFormatter",
+    "QueueInfo",
     "Retry",
     "RetryIf",
     "RunCreator",

@@ -17,12 +17,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._codec import decode_result
-from ._config import check_table_prefix
+from ._config import check_name, check_table_prefix
 from ._errors import RunNotFoundError
+from ._queues_api import set_paused
 from ._runs import RunState, RunStatus
-from ._store import _browse, _cancel, _create, _migrations, _prune
+from ._store import _browse, _cancel, _create, _migrations, _prune, _queues
 from ._store._browse import InstanceRecord, RunFilter
 from ._store._dialect import Dialect, wrap_errors
+from ._store._queues import QueueInfo
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
 
@@ -136,6 +138,10 @@ class Admin:
             retries_on_timeout_limit=first.retries_on_timeout_limit,
             retry_backoff=None,
             schedule=first.schedule,
+            retry_policy=first.retry_policy,
+            queue=first.queue,
+            priority=first.priority,
+            limit_key=first.limit_key,
         )
         values["retry_backoff"], values["retry_backoff_cap"] = first.retry_backoff, first.retry_backoff_cap
         new_id, _ = await wrap_errors(
@@ -167,6 +173,20 @@ class Admin:
             store.dialect.retrying(lambda conn: _create.insert_unique(store, conn, values)), "creating a run"
         )
         return int(run_id)
+
+    # ---------------------------------------------------------------- queues
+
+    async def pause_queue(self, queue: str) -> bool:
+        """Pause ``queue`` across the cluster; False if it already was."""
+        return await set_paused(await self.store(), check_name("queue", queue), paused=True)
+
+    async def resume_queue(self, queue: str) -> bool:
+        """Resume ``queue``; False if it was not paused."""
+        return await set_paused(await self.store(), check_name("queue", queue), paused=False)
+
+    async def queues(self) -> list[QueueInfo]:
+        """The queues that hold unfinished runs or have been paused, by name."""
+        return list(await self._read("listing queues", _queues.list_queues))
 
     # ---------------------------------------------------------------- instances and upkeep
 

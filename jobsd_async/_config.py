@@ -40,6 +40,9 @@ MAX_COUNT = 2**31 - 1  # retry limits and counts: the INTEGER columns' range
 MAX_WORKERS = 10_000
 MAX_POLL_LIMIT = 100_000
 MAX_CONNECTIONS = 1_000
+MAX_PRIORITY = 2**31 - 1  # priorities span the INTEGER column's range
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
 # Index names are "ix_{prefix}runs_pending" and the like; PostgreSQL truncates identifiers at 63.
 MAX_TABLE_PREFIX_LENGTH = 40
 
@@ -242,7 +245,92 @@ def to_exception_names(name: str, value: object) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))
 
 
+def to_priority(name: str, value: object) -> int:
+    """A run's priority: an int; higher runs first among due runs."""
+    return to_count(name, value, minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY)
+
+
+def to_queue(name: str, value: object) -> str:
+    """A queue name (like a job name)."""
+    return check_name(name, value)
+
+
+def to_queues(value: object) -> tuple[str, ...] | None:
+    """The queues an instance takes runs from: None for all, else a non-empty list of names."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        raise TypeError(f"queues must be a list of queue names or None, got {value!r}")
+    names = tuple(dict.fromkeys(check_name("queue", q) for q in value))
+    if not names:
+        raise ValueError("queues must name at least one queue (None: all queues)")
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A job's cluster-wide limits, enforced by the database when runs are claimed.
+
+    ``max_running``: at most this many runs of the job running at once; ``rate``: at most
+    ``count`` starts per ``per`` seconds.  With a ``key`` function (called with a run's
+    arguments when it is created), each limit applies per key instead of per job.
+    """
+
+    max_running: int | None = None
+    rate: tuple[int, float] | None = None
+    key: Callable[..., object] | None = None
+
+    @classmethod
+    def parse(cls, job: str, max_running: object, rate_limit: object, limit_key: object) -> Limits | None:
+        """Validated limits of job ``job``; None when it has none."""
+        running = (
+            None if max_running is None else to_count(f"max_running of job {job!r}", max_running, minimum=1)
+        )
+        rate = None if rate_limit is None else _to_rate(f"rate_limit of job {job!r}", rate_limit)
+        if limit_key is not None and not callable(limit_key):
+            raise TypeError(
+                f"limit_key of job {job!r} must be a function of the run's arguments, got {limit_key!r}"
+            )
+        if running is None and rate is None:
+            if limit_key is not None:
+                raise ValueError(f"job {job!r}: limit_key needs max_running or rate_limit")
+            return None
+        return cls(running, rate, limit_key)
+
+    def key_of(self, job: str, args: tuple[object, ...], kwargs: dict[str, object]) -> str:
+        """The limit key of a run with these arguments ("" when the limits are job-wide)."""
+        if self.key is None:
+            return ""
+        try:
+            key = self.key(*args, **kwargs)
+        except Exception as exc:
+            raise ValueError(f"limit_key of job {job!r} failed for these arguments: {exc!r}") from exc
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        if not isinstance(key, str):
+            raise TypeError(f"limit_key of job {job!r} must return a str or an int, got {key!r}")
+        if not key or len(key) > MAX_NAME_LENGTH or not is_storable(key):
+            raise ValueError(
+                f"limit_key of job {job!r} must return 1 to {MAX_NAME_LENGTH} characters without NUL "
+                f"characters or lone surrogates, got {key!r}"
+            )
+        return key
+
+
+def _to_rate(name: str, value: object) -> tuple[int, float]:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(f"{name} must be a tuple (count, per_seconds), got {value!r}")
+    count = to_count(f"{name}: count", value[0], minimum=1)
+    per = to_seconds(f"{name}: period", value[1])
+    assert per is not None
+    if per == 0:
+        raise ValueError(f"{name}: the period must be greater than 0, got {value[1]!r}")
+    return count, per
+
+
 _OPTION_PARSERS: dict[str, Callable[[str, object], object]] = {
+    "queue": to_queue,
+    "priority": to_priority,
     "run_timeout": to_run_timeout,
     "retries_error_limit": to_retry_limit,
     "retries_timeout_limit": to_retry_limit,
@@ -262,6 +350,8 @@ class RunOptions:
     retry_backoff: Backoff | _Unset | None = UNSET
     retry_on: tuple[str, ...] | _Unset | None = UNSET  # exception names; None: any
     no_retry_on: tuple[str, ...] | _Unset | None = UNSET
+    queue: str | _Unset = UNSET
+    priority: int | _Unset = UNSET
 
     @classmethod
     def parse(cls, **values: object) -> RunOptions:
@@ -298,6 +388,7 @@ class Config:
     cancel_grace: float
     listen: bool | str
     max_connections: int
+    queues: tuple[str, ...] | None
     logger: logging.Logger
 
     @property
@@ -309,6 +400,8 @@ class Config:
             self.retry_backoff,
             retry_on=None,
             no_retry_on=None,
+            queue=DEFAULT_QUEUE,
+            priority=DEFAULT_PRIORITY,
         )
 
 
@@ -330,6 +423,7 @@ def build_config(
     cancel_grace: object,
     listen: object,
     max_connections: object,
+    queues: object,
     logger: object,
 ) -> Config:
     if not isinstance(auto_migrate, bool):
@@ -362,5 +456,6 @@ def build_config(
         cancel_grace=grace,
         listen=check_listen(listen),
         max_connections=to_count("max_connections", max_connections, minimum=1, maximum=MAX_CONNECTIONS),
+        queues=to_queues(queues),
         logger=logger if logger is not None else logging.getLogger("jobsd_async"),
     )

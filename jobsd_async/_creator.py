@@ -108,6 +108,14 @@ class RunCreator:
         job's; with none, no exception is excluded."""
         return self._option(no_retry_on=exceptions or None)
 
+    def queue(self, name: str) -> Self:
+        """Put the run in queue ``name``, overriding the job's (see ``JobsD(queues=...)``)."""
+        return self._option(queue=name)
+
+    def priority(self, priority: int) -> Self:
+        """The run's priority, overriding the job's: higher runs first among due runs."""
+        return self._option(priority=priority)
+
     def _option(self, **value: object) -> Self:
         options = RunOptions.parse(**value).over(self._request.options)
         self._request = replace(self._request, options=options)

@@ -19,15 +19,18 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from ._attempt import Attempt
 from ._clock import DbClock
-from ._config import Config
+from ._config import Config, Limits
 from ._jobs import Job
 from ._pool import WorkerPool
 from ._queue import LocalQueue
 from ._schedules import ScheduleFunc
 from ._signal import wait_event
 from ._store import _claim, _instances, _read
+from ._store._claim import Limited
 from ._store._dialect import DRIVER_ERRORS
 from ._store._instances import Counters
 from ._store._rows import RunRow, Store
@@ -74,6 +77,11 @@ class Dispatcher:
         self._no_reservations = asyncio.Event()
         self._no_reservations.set()
         self._loops = Loops(f"#{instance_id}", log=config.logger, extra=self._extra)
+        # Jobs with cluster-wide limits are claimed apart (see ``_claim.claim_limited``).
+        self._unlimited = [name for name, job in jobs.items() if job.limits is None]
+        self._limited = {name: job.limits for name, job in jobs.items() if job.limits is not None}
+        # A limited job had due runs its limits held back: a finished run may free a slot.
+        self._held_back = False
         self.pool: WorkerPool | None = None  # set by the runner before start()
 
     # ---------------------------------------------------------------- lifecycle
@@ -116,20 +124,39 @@ class Dispatcher:
 
     def wake_for_slot(self) -> None:
         """A slot was freed: a row waiting for one can be claimed."""
+        if self._held_back:
+            self._claim_now = True
         self._wakeup.set()
+
+    def runs_finished(self) -> None:
+        """Runs finished somewhere in the cluster (a PostgreSQL notification): runs a
+        limit held back may be claimable now."""
+        if self._held_back:
+            self.wake()
 
     def is_runnable_here(self, job: str) -> bool:
         return self._config.workers > 0 and job in self._jobs
 
+    def takes_queue(self, queue: str) -> bool:
+        """Whether this instance takes runs from ``queue``."""
+        return self._config.queues is None or queue in self._config.queues
+
     # ---------------------------------------------------------------- direct start
 
-    async def reserve(self, job: str) -> bool:
-        """Take a slot for a run of ``job`` about to be inserted already claimed here.
+    async def reserve(self, job: str, queue: str) -> bool:
+        """Take a slot for a run of ``job`` in ``queue`` about to be inserted already claimed
+        here (never for a job with limits, whose runs only start through a claim).
 
         The caller must then call :meth:`start_claimed` with the row, or :meth:`unreserve`.
         """
         assert self.pool is not None
-        if self._stopping or not self.is_runnable_here(job) or not await self.pool.slots.take(1):
+        if (
+            self._stopping
+            or not self.is_runnable_here(job)
+            or job in self._limited
+            or not self.takes_queue(queue)
+            or not await self.pool.slots.take(1)
+        ):
             return False
         self._reserved += 1
         self._no_reservations.clear()
@@ -174,6 +201,7 @@ class Dispatcher:
                 schedules=list(self._schedules),
                 horizon=self._config.poll_interval,
                 limit=self._config.poll_limit,
+                queues=self._config.queues,
             )
         self._forget_avoided()
         for row_id, run_at in rows:
@@ -186,7 +214,13 @@ class Dispatcher:
         store = self._store
         async with store.dialect.reading() as conn:
             rows = await _claim.poll_due(
-                store, conn, jobs=list(self._jobs), schedules=list(self._schedules), horizon=0.0, limit=1
+                store,
+                conn,
+                jobs=list(self._jobs),
+                schedules=list(self._schedules),
+                horizon=0.0,
+                limit=1,
+                queues=self._config.queues,
             )
         return not [row_id for row_id, _ in rows if row_id not in self._avoid]
 
@@ -215,23 +249,9 @@ class Dispatcher:
         # Queued ids are hints: a claim takes whatever is due, so pop only as many as it may
         # win, and keep the rest for the next one.
         due = self._queue.pop_due(now, free)
-        store = self._store
         won: list[RunRow] = []
         try:
-            won = await store.dialect.retrying(
-                lambda conn: _claim.claim_due(
-                    store,
-                    conn,
-                    jobs=list(self._jobs),
-                    schedules=list(self._schedules),
-                    limit=free,
-                    instance_id=self._id,
-                    avoid=list(self._avoid),
-                ),
-                # One UPDATE where the dialect returns what it changed; a claim whose answer
-                # is lost is handed over by the timeout check, so it may run again.
-                one_statement=store.dialect.update_returning,
-            )
+            won = await self._claim(free)
         except DRIVER_ERRORS as exc:
             # The claim may have committed before the error: such rows are ours but not
             # running, and the timeout check hands them over.
@@ -266,6 +286,59 @@ class Dispatcher:
                 self.enqueue(row_id, now + timedelta(seconds=_EARLY_RETRY * 2 ** (tries - 1)))
             else:
                 self._queue.forget(row_id)
+
+    async def _claim(self, free: int) -> list[RunRow]:
+        """Claim up to ``free`` due rows: of the jobs without limits in one statement, then
+        of each job with limits in a transaction of its own (see ``_claim.claim_limited``)."""
+        store = self._store
+        won: list[RunRow] = []
+        if self._unlimited:
+            won = await store.dialect.retrying(
+                lambda conn: _claim.claim_due(
+                    store,
+                    conn,
+                    jobs=self._unlimited,
+                    schedules=list(self._schedules),
+                    limit=free,
+                    instance_id=self._id,
+                    avoid=list(self._avoid),
+                    queues=self._config.queues,
+                ),
+                # One UPDATE where the dialect returns what it changed; a claim whose answer
+                # is lost is handed over by the timeout check, so it may run again.
+                one_statement=store.dialect.update_returning,
+            )
+        held_back = False
+        for job, limits in self._limited.items():
+            if len(won) >= free:
+                held_back = True  # not tried: as good as held back
+                break
+
+            async def limited(conn: AsyncConnection, job: str = job, limits: Limits = limits) -> Limited:
+                return await _claim.claim_limited(
+                    store,
+                    conn,
+                    job=job,
+                    limits=limits,
+                    schedules=list(self._schedules),
+                    limit=free - len(won),
+                    instance_id=self._id,
+                    queues=self._config.queues,
+                )
+
+            try:
+                claimed, left = await store.dialect.retrying(limited)
+            except DRIVER_ERRORS as exc:
+                if not won:
+                    raise
+                # What was claimed already starts; the rest waits for the next claim.
+                self._log.warning("jobsd: claim of job %r failed: %s", job, exc, extra=self._extra)
+                held_back = True
+                break
+            won.extend(claimed)
+            held_back = held_back or left
+        self._held_back = held_back
+        return won
 
     # ---------------------------------------------------------------- hand-back
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol
 from typing_extensions import TypeVar
 
 from ._codec import ArgsCodec
-from ._config import Backoff, Duration, RunOptions
+from ._config import Backoff, Duration, Limits, RunOptions
 from ._errors import InvalidJobFuncError, JobArgsMismatchError, RunNotFoundError
 from ._retry import RetryIf
 from ._runs import RunInfo, RunState
@@ -175,7 +175,7 @@ class Job(Generic[P, R]):
     directly, which is handy in tests.
     """
 
-    __slots__ = ("_contract", "_owner", "_periodic", "func", "name", "options", "retry_if")
+    __slots__ = ("_contract", "_owner", "_periodic", "func", "limits", "name", "options", "retry_if")
 
     def __init__(
         self,
@@ -184,12 +184,14 @@ class Job(Generic[P, R]):
         options: RunOptions,
         owner: JobOwner,
         retry_if: RetryIf | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._contract = JobFunc(name, func)
         self.name = name
         self.func = func
         self.options = options
         self.retry_if = retry_if
+        self.limits = limits
         self._owner = owner
         self._periodic: Periodic | None = None  # set by register_job; read by the reconciler
 
@@ -224,6 +226,26 @@ class Job(Generic[P, R]):
     def retry_backoff(self) -> Backoff | None:
         """The job-level retry backoff (None: immediate retries), after instance defaults."""
         return self.options.retry_backoff  # type: ignore[return-value]
+
+    @property
+    def queue(self) -> str:
+        """The queue of the job's runs, unless a run names another."""
+        return self.options.queue  # type: ignore[return-value]
+
+    @property
+    def priority(self) -> int:
+        """The priority of the job's runs, unless a run sets another (higher runs first)."""
+        return self.options.priority  # type: ignore[return-value]
+
+    @property
+    def max_running(self) -> int | None:
+        """At most this many runs of the job (per limit key) run at once in the cluster."""
+        return None if self.limits is None else self.limits.max_running
+
+    @property
+    def rate_limit(self) -> tuple[int, float] | None:
+        """At most ``(n, per_seconds)`` starts of the job (per limit key) in the cluster."""
+        return None if self.limits is None else self.limits.rate
 
     @property
     def contract(self) -> JobFunc:

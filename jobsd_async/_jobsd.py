@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from types import TracebackType
@@ -36,6 +37,7 @@ from ._config import (
 )
 from ._errors import JobsDStateError, SchemaError
 from ._jobs import Job
+from ._queues_api import QueuesAPI
 from ._registry import Registrations
 from ._runner import Runner
 from ._runs import InstanceInfo
@@ -65,7 +67,7 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class JobsD(Registrations, RunsAPI):
+class JobsD(Registrations, RunsAPI, QueuesAPI):
     """One member of a jobsd cluster: registers jobs and schedules, creates and runs runs.
 
     Use it as ``async with JobsD(engine) as jd:`` (or ``await jd.up()`` / ``await jd.down()``).
@@ -92,6 +94,7 @@ class JobsD(Registrations, RunsAPI):
         cancel_grace: Duration = DEFAULT_CANCEL_GRACE,
         listen: bool | str = True,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        queues: Iterable[str] | None = None,
         logger: logging.Logger | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -114,6 +117,7 @@ class JobsD(Registrations, RunsAPI):
             cancel_grace=cancel_grace,
             listen=listen,
             max_connections=max_connections,
+            queues=None if queues is None else list(queues) if not isinstance(queues, str) else queues,
             logger=logger,
         )
         self._engine = engine
@@ -276,10 +280,11 @@ class JobsD(Registrations, RunsAPI):
             await wrap_errors(self._sample_clock(store), "reading the database clock")
             fingerprints = {name: job.contract.fingerprint for name, job in self._jobs.items()}
             periodic = [name for name, job in self._jobs.items() if job.periodic is not None]
+            limits = {name: job.limits for name, job in self._jobs.items() if job.limits is not None}
             self._instance_id = await wrap_errors(
                 store.dialect.retrying(
                     lambda conn: _instances.register(
-                        store, conn, self._config, fingerprints, list(self._schedules), periodic
+                        store, conn, self._config, fingerprints, list(self._schedules), periodic, limits
                     )
                 ),
                 "registering the instance",

@@ -58,6 +58,9 @@ DEFINITION = (
     "retry_backoff",
     "retry_backoff_cap",
     "retry_policy",
+    "queue",
+    "priority",
+    "limit_key",
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeAlias, TypeVar, overload
 
-from ._config import UNSET, Backoff, Config, Duration, RunOptions, check_name
+from ._config import UNSET, Backoff, Config, Duration, Limits, RunOptions, check_name
 from ._errors import InvalidJobFuncError
 from ._jobs import Args, Job, JobOwner
 from ._periodic import declare
@@ -58,6 +58,11 @@ class Registrations:
         retry_if: RetryIf | None = ...,
         periodic: BuiltinSchedule | None = ...,
         periodic_args: Args | tuple[Any, ...] | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+        max_running: int | None = ...,
+        rate_limit: tuple[int, Duration] | None = ...,
+        limit_key: Callable[..., str | int] | None = ...,
     ) -> Job[P, R]: ...
 
     @overload
@@ -75,6 +80,11 @@ class Registrations:
         retry_if: RetryIf | None = ...,
         periodic: BuiltinSchedule | None = ...,
         periodic_args: Args | tuple[Any, ...] | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+        max_running: int | None = ...,
+        rate_limit: tuple[int, Duration] | None = ...,
+        limit_key: Callable[..., str | int] | None = ...,
     ) -> Job[P, R]: ...
 
     @overload
@@ -92,6 +102,11 @@ class Registrations:
         retry_if: RetryIf | None = ...,
         periodic: BuiltinSchedule | None = ...,
         periodic_args: Args | tuple[Any, ...] | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+        max_running: int | None = ...,
+        rate_limit: tuple[int, Duration] | None = ...,
+        limit_key: Callable[..., str | int] | None = ...,
     ) -> Job[P, R]: ...
 
     @overload
@@ -109,6 +124,11 @@ class Registrations:
         retry_if: RetryIf | None = ...,
         periodic: BuiltinSchedule | None = ...,
         periodic_args: Args | tuple[Any, ...] | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+        max_running: int | None = ...,
+        rate_limit: tuple[int, Duration] | None = ...,
+        limit_key: Callable[..., str | int] | None = ...,
     ) -> Job[P, R]: ...
 
     def register_job(
@@ -125,6 +145,11 @@ class Registrations:
         retry_if: RetryIf | None = None,
         periodic: BuiltinSchedule | None = None,
         periodic_args: Args | tuple[Any, ...] | None = None,
+        queue: str = UNSET,  # type: ignore[assignment]
+        priority: int = UNSET,  # type: ignore[assignment]
+        max_running: int | None = None,
+        rate_limit: tuple[int, Duration] | None = None,
+        limit_key: Callable[..., str | int] | None = None,
     ) -> Job[Any, Any]:
         """Register ``func`` as job ``name``; options override the instance defaults.
 
@@ -138,6 +163,13 @@ class Registrations:
         arguments ``periodic_args`` (an ``Args(...)`` or a tuple; needed when the function
         has required parameters) and this job's options.  The chain follows the code when
         they change, and ends when ``periodic`` is removed.
+
+        Routing: ``queue`` (default ``"default"``) and ``priority`` (default 0; higher runs
+        first among due runs) are the defaults of the job's runs.  ``max_running=N``: at
+        most N runs of the job run at once across the cluster; ``rate_limit=(n, per)``: at
+        most n start per ``per`` seconds.  With ``limit_key`` (a function of a run's
+        arguments returning a str or int, called when the run is created), both limits
+        apply per key, e.g. one running run per customer.
         """
         self._require_registering("register_job")
         check_name("job", name)
@@ -150,14 +182,17 @@ class Registrations:
             retry_backoff=retry_backoff,
             retry_on=retry_on,
             no_retry_on=no_retry_on,
+            queue=queue,
+            priority=priority,
         )
+        limits = Limits.parse(name, max_running, rate_limit, limit_key)
         if retry_if is not None:
             if not callable(retry_if):
                 raise TypeError(f"retry_if of job {name!r} must be callable, got {retry_if!r}")
             if options.retry_on not in (UNSET, None) or options.no_retry_on not in (UNSET, None):
                 raise ValueError(f"job {name!r}: give retry_if, or retry_on/no_retry_on, not both")
         owner: JobOwner = self  # type: ignore[assignment]
-        job: Job[Any, Any] = Job(name, func, options.over(self._config.run_defaults), owner, retry_if)
+        job: Job[Any, Any] = Job(name, func, options.over(self._config.run_defaults), owner, retry_if, limits)
         job._periodic = declare(name, job.contract, periodic, periodic_args)
         self._jobs[name] = job
         return job
@@ -188,6 +223,11 @@ class Registrations:
         retry_if: RetryIf | None = ...,
         periodic: BuiltinSchedule | None = ...,
         periodic_args: Args | tuple[Any, ...] | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+        max_running: int | None = ...,
+        rate_limit: tuple[int, Duration] | None = ...,
+        limit_key: Callable[..., str | int] | None = ...,
     ) -> _JobDecorator: ...
 
     def job(self, name: Any = None, **options: Any) -> Any:

@@ -128,7 +128,7 @@ class Runner:
         self._listener: Subscription | None = None
         listening = store.dialect.is_postgresql and config.listen is not False
         channels: dict[str, Callable[[str], None]] = {
-            store.done_channel: lambda payload: on_chain_change(_run_ids(payload))
+            store.done_channel: lambda payload: self._runs_finished(on_chain_change, payload)
         }
         if config.workers > 0:
             channels[store.new_channel] = lambda _: self.dispatcher.wake()
@@ -256,6 +256,10 @@ class Runner:
     def cancel_local(self, row_id: int) -> None:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""
         self.pool.stop(row_id, Outcome.CANCELLED)
+
+    def _runs_finished(self, on_chain_change: Callable[[Iterable[int]], None], payload: str) -> None:
+        on_chain_change(_run_ids(payload))
+        self.dispatcher.runs_finished()
 
     def _cancel_notice(self, payload: str) -> None:
         owner, _, row_id = payload.partition(":")

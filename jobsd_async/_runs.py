@@ -136,7 +136,8 @@ class RunState(Generic[R]):
 
     ``result`` is what the job returned (``R``: its return type, through a typed ``Job``
     handle).  ``traceback`` is the traceback of the latest attempt when it failed with an
-    exception; ``progress`` what the job last reported with ``RunInfo.set_progress``.
+    exception; ``progress`` what the job last reported with ``RunInfo.set_progress``;
+    ``queue`` and ``priority`` where the run is routed.
     """
 
     run_id: int
@@ -159,6 +160,8 @@ class RunState(Generic[R]):
     created_by: int
     traceback: str | None = field(default=None, repr=False)
     progress: Any = None
+    queue: str = "default"
+    priority: int = 0
     _loader: Callable[[int], Awaitable[RunState[Any]]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -187,6 +190,8 @@ class RunState(Generic[R]):
             created_by=row.created_by,
             traceback=row.run_completed_traceback,
             progress=decode_progress(row.run_progress),
+            queue=row.queue,
+            priority=row.priority,
             _loader=loader,
         )
 

@@ -57,7 +57,7 @@ class Submitter:
         self, job: Job[Any], request: RunRequest, values: dict[str, Any], due: datetime, conn: Conn | None
     ) -> tuple[int, bool]:
         store = self.store
-        if conn is None and await self._starts_here(job, request):
+        if conn is None and await self._starts_here(job, request, values["queue"]):
             # Shielded: once inserted, the row must reach its task even if our caller gives up
             # (whose failure, then, nobody is left to hear).
             task = asyncio.ensure_future(self._insert_and_start(values))
@@ -76,7 +76,7 @@ class Submitter:
             self._queue(job, conn, [(run_id, due)])
         return run_id, inserted
 
-    async def _starts_here(self, job: Job[Any], request: RunRequest) -> bool:
+    async def _starts_here(self, job: Job[Any], request: RunRequest, queue: str) -> bool:
         """Whether a run due now goes straight to a slot here (which is then reserved).
 
         Inserted already claimed, it needs no claim, no wake-up and no poll: one
@@ -84,13 +84,15 @@ class Submitter:
         where that is faster, see ``Dialect.direct_start``).
         """
         due_now = request.at is None and not request.delay and request.schedule is None
-        return due_now and self.store.dialect.direct_start and await self.dispatcher.reserve(job.name)
+        return due_now and self.store.dialect.direct_start and await self.dispatcher.reserve(job.name, queue)
 
     async def start_here(self, job: Job[Any], request: RunRequest) -> int | None:
         """Insert a run already claimed by this instance and start it at once (for
         ``jobsd_async.testing.run_job``); None if it cannot (no free slot, or no RETURNING)."""
         values, _ = self.first_row(job, request)  # validated before a slot is taken
-        if not self.store.dialect.insert_returning or not await self.dispatcher.reserve(job.name):
+        if not self.store.dialect.insert_returning or not await self.dispatcher.reserve(
+            job.name, values["queue"]
+        ):
             return None
         with self.telemetry.sending(job.name) as sending:
             values["trace_context"] = sending.carrier()
@@ -114,6 +116,9 @@ class Submitter:
         if row is None:
             dispatcher.unreserve()  # the unique name is taken: nothing was inserted
             return run_id, False
+        if row.run_started_at is None:
+            dispatcher.unreserve()  # its queue is paused: it was inserted pending
+            return run_id, True
         if not dispatcher.start_claimed(row):  # the instance went down meanwhile
             await wrap_errors(
                 store.dialect.retrying(
@@ -205,6 +210,11 @@ class Submitter:
             retry_backoff=options.retry_backoff,  # type: ignore[arg-type]
             schedule=request.schedule,
             retry_policy=_retry_policy(options),
+            queue=options.queue,  # type: ignore[arg-type]
+            priority=options.priority,  # type: ignore[arg-type]
+            limit_key=None
+            if job.limits is None
+            else job.limits.key_of(job.name, request.args, request.kwargs),
         )
         return {**values, **clock_inputs}, due
 

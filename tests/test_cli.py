@@ -214,7 +214,29 @@ async def test_runs_commands_with_json(jobsd: Jobsd, peer: JobsD) -> None:
     assert code == 1 and "only a run that ended failed" in err
 
     human = (await jobsd("runs", "list"))[1].splitlines()
-    assert human[0].split()[:3] == ["RUN", "JOB", "STATUS"] and len(human) == 4
+    assert human[0].split()[:5] == ["RUN", "JOB", "QUEUE", "PRIO", "STATUS"] and len(human) == 4
+
+
+async def test_queues_commands(jobsd: Jobsd, peer: JobsD) -> None:
+    mail = await peer.create_run("echo", "m").queue("mail").priority(3).run_after(3600)
+    await peer.create_run("echo", "d").run_after(3600)
+    code, out, err = await jobsd("queues", "pause", "mail")
+    assert (code, out.strip()) == (0, "queue mail paused"), err
+    code, out, _ = await jobsd("queues", "pause", "mail")
+    assert (code, out.strip()) == (0, "queue mail was already paused")
+    listed = {q["name"]: q for q in await jobsd.json("queues", "list")}
+    assert (listed["mail"]["paused"], listed["mail"]["pending"]) == (True, 1)
+    assert (listed["default"]["paused"], listed["default"]["pending"]) == (False, 1)
+    assert [q.name for q in await peer.list_queues() if q.paused] == ["mail"]
+    assert [r["run_id"] for r in await jobsd.json("runs", "list", "--queue", "mail")] == [mail]
+    shown = await jobsd.json("runs", "show", str(mail))
+    assert (shown["run"]["queue"], shown["run"]["priority"]) == ("mail", 3)
+    code, out, _ = await jobsd("queues", "resume", "mail")
+    assert (code, out.strip()) == (0, "queue mail resumed")
+    code, out, _ = await jobsd("queues", "resume", "mail")
+    assert (code, out.strip()) == (0, "queue mail was not paused")
+    code, _, err = await jobsd("queues", "pause", "a,b")
+    assert code == 1 and "comma" in err
 
 
 async def test_instances_and_prune(jobsd: Jobsd, peer: JobsD) -> None:

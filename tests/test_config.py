@@ -92,7 +92,13 @@ def test_defaults_match_the_go_original(dummy_engine: Any) -> None:
     job = jd.register_job("j", lambda: None)
     assert (job.run_timeout, job.retries_error_limit, job.retries_timeout_limit) == (1800.0, 3, 3)
     assert jd.logger.name == "jobsd_async"
-    assert sorted(jd.metadata.tables) == ["jobsd_instances", "jobsd_migrations", "jobsd_runs"]
+    assert sorted(jd.metadata.tables) == [
+        "jobsd_instances",
+        "jobsd_limits",
+        "jobsd_migrations",
+        "jobsd_queues",
+        "jobsd_runs",
+    ]
 
 
 def test_precedence_instance_then_job(dummy_engine: Any) -> None:

@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -177,6 +177,7 @@ def test_the_jobsd_signature_in_the_api_reference_is_the_real_one() -> None:
         "AsyncEngine": AsyncEngine,
         "Backoff": Backoff,
         "Callable": Callable,
+        "Iterable": Iterable,
         "Duration": Duration,
         "datetime": datetime,
         "logging": logging,

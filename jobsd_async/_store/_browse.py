@@ -26,6 +26,7 @@ class RunFilter:
     status: RunStatus | None = None
     job: str | None = None
     name: str | None = None
+    queue: str | None = None  # of the chain's latest row
     since: datetime | None = None  # created at or after (the chain's first row)
     until: datetime | None = None  # created before
     before: int | None = None  # run ids below this one (the next page, newest first)
@@ -68,6 +69,8 @@ async def latest_rows(store: Store, conn: AsyncConnection, filters: RunFilter, *
         stmt = stmt.where(row.c.job == filters.job)
     if filters.name is not None:
         stmt = stmt.where(row.c.name == filters.name)
+    if filters.queue is not None:
+        stmt = stmt.where(row.c.queue == filters.queue)
     if filters.since is not None:
         stmt = stmt.where(root.c.created_at >= filters.since)
     if filters.until is not None:

@@ -2,14 +2,16 @@
 
 The poll only tells an instance *when* to try; the claim decides what it gets.  A claim
 is one UPDATE that takes pending rows only while they are still pending and due by the
-database clock, so exactly one instance ever wins a given row.
+database clock, so exactly one instance ever wins a given row.  Runs of jobs with
+cluster-wide limits are claimed apart, one job at a time across the cluster (see
+:func:`claim_limited`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BindParameter,
@@ -19,6 +21,8 @@ from sqlalchemy import (
     Select,
     bindparam,
     case,
+    exists,
+    func,
     literal,
     null,
     select,
@@ -26,9 +30,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import MAX_COUNT, MAX_DURATION
+from .._config import MAX_COUNT, MAX_DURATION, Limits
+from . import _limits
 from ._create import notify_new
 from ._rows import RunRow, Store, schedule_computable
+
+Queues = tuple[str, ...] | None
+"""The queues an instance takes runs from (None: all)."""
 
 
 async def poll_due(
@@ -39,16 +47,24 @@ async def poll_due(
     schedules: Collection[str],
     horizon: float,
     limit: int,
+    queues: Queues = None,
 ) -> list[tuple[int, datetime]]:
-    """Ids and due times of pending rows this instance can run, due within ``horizon`` s."""
+    """Ids and due times of pending rows this instance can run, due within ``horizon`` s
+    (not in paused queues)."""
     if not jobs:
         return []
-    stmt = poll_statement(store, jobs, schedules, horizon=horizon, limit=limit)
-    return [(int(r.id), r.run_at) for r in await conn.execute(stmt)]
+    stmt = poll_statement(store, jobs, schedules, horizon=horizon, limit=limit, queues=queues)
+    return [(int(r.id), r.run_at) for r in await conn.execute(stmt, await _paused_params(store, conn))]
 
 
 def poll_statement(
-    store: Store, jobs: Collection[str], schedules: Collection[str], *, horizon: float, limit: int
+    store: Store,
+    jobs: Collection[str],
+    schedules: Collection[str],
+    *,
+    horizon: float,
+    limit: int,
+    queues: Queues = None,
 ) -> Select[Any]:
     runs = store.runs
     dialect = store.dialect
@@ -60,6 +76,7 @@ def poll_statement(
             runs.c.run_completed_at.is_(None),
             schedule_computable(runs, schedules),
             runs.c.run_at <= dialect.add_seconds(dialect.now(), literal(horizon)),
+            *_routable(store, queues),
         )
         .order_by(runs.c.run_at, runs.c.id)
         .limit(limit)
@@ -75,55 +92,74 @@ async def claim_due(
     limit: int,
     instance_id: int,
     avoid: Collection[int] = (),
+    queues: Queues = None,
 ) -> list[RunRow]:
     """Claim up to ``limit`` pending rows of these jobs that are due by the database clock.
 
-    Claims pick soonest first and skip rows another claimer has locked (``SKIP LOCKED``;
-    SQLite has one writer at a time), and update only rows still pending and due, so a row
-    is only ever claimed once.  Rows in ``avoid`` (handed back by this instance) are skipped.
+    Claims pick the highest priority first, then the soonest due, skip rows another claimer
+    has locked (``SKIP LOCKED``; SQLite has one writer at a time) and rows in paused queues
+    (or, with ``queues``, outside them), and update only rows still pending and due, so a
+    row is only ever claimed once.  Rows in ``avoid`` (handed back by this instance) are
+    skipped.  Jobs with limits are claimed by :func:`claim_limited` instead.
     """
     dialect = store.dialect
     jobs, schedules, avoiding = tuple(jobs), tuple(schedules), bool(avoid)
     params: dict[str, Any] = {"instance_id": instance_id, "limit": limit}
     if avoiding:
         params["avoid"] = list(avoid)
+    shape = (jobs, schedules, queues, avoiding)
     if not dialect.update_returning:
-        return await _pick_then_claim(store, conn, jobs, schedules, params, avoiding=avoiding)
-    stmt = store.statement(
-        ("claim", jobs, schedules, avoiding), lambda: _claim_statement(store, jobs, schedules, avoiding)
-    )
+        return await _pick_then_claim(store, conn, shape, params)
+    stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, *shape))
     result = await conn.execute(stmt, params)
     return [RunRow.of(m) for m in result.mappings()]
 
 
+_Shape = tuple[tuple[str, ...], tuple[str, ...], Queues, bool]
+
+
 async def _pick_then_claim(
-    store: Store,
-    conn: AsyncConnection,
-    jobs: tuple[str, ...],
-    schedules: tuple[str, ...],
-    params: dict[str, Any],
-    *,
-    avoiding: bool,
+    store: Store, conn: AsyncConnection, shape: _Shape, params: dict[str, Any]
 ) -> list[RunRow]:
-    """MySQL: lock the soonest claimable rows, skipping locked ones, then claim and read them.
+    """MySQL: lock the claimable rows to take, skipping locked ones, then claim and read them.
 
     (MySQL cannot select from the table an UPDATE changes, nor return what it changed.)
     """
-    runs = store.runs
+    jobs, schedules, queues, avoiding = shape
+    params.update(await _paused_params(store, conn))
     pick = store.statement(
-        ("pick", jobs, schedules, avoiding),
+        ("pick", *shape),
         lambda: pick_statement(
-            store, jobs, schedules, limit=bindparam("limit", type_=Integer), avoiding=avoiding
+            store, jobs, schedules, limit=bindparam("limit", type_=Integer), avoiding=avoiding, queues=queues
         ).with_for_update(skip_locked=True),
     )
     ids = [int(i) for i in (await conn.execute(pick, params)).scalars()]
+    paused = {k: v for k, v in params.items() if k == "paused"}
+    return await _claim_ids(store, conn, ids, params["instance_id"], (jobs, schedules, queues, False), paused)
+
+
+async def _claim_ids(
+    store: Store,
+    conn: AsyncConnection,
+    ids: list[int],
+    instance_id: int,
+    shape: _Shape,
+    paused: dict[str, Any],
+    *,
+    limited: bool = False,
+) -> list[RunRow]:
+    """Claim the rows ``ids`` (those still claimable) and return them; ``paused``: the
+    parameters of :func:`_paused_params`."""
     if not ids:
         return []
+    runs = store.runs
+    params = {"instance_id": instance_id, "ids": ids, **paused}
     claim = store.statement(
-        ("claim", jobs, schedules, False), lambda: _claim_statement(store, jobs, schedules, False)
+        ("claim ids", *shape, limited), lambda: _claim_ids_statement(store, *shape, limited=limited)
     )
-    instance_id = params["instance_id"]
-    await conn.execute(claim, {"instance_id": instance_id, "ids": ids})
+    if store.dialect.update_returning:
+        return [RunRow.of(m) for m in (await conn.execute(claim, params)).mappings()]
+    await conn.execute(claim, params)
     claimed = store.statement(
         "claimed",
         lambda: select(runs).where(
@@ -141,17 +177,24 @@ def pick_statement(
     *,
     limit: int | BindParameter[int],
     avoiding: bool = False,
+    queues: Queues = None,
 ) -> Select[Any]:
-    """The ids a claim takes: claimable rows, soonest first (without the ``avoid`` ids)."""
+    """The ids a claim takes: claimable rows, highest priority and soonest first (without
+    the ``avoid`` ids)."""
     runs = store.runs
-    stmt = select(runs.c.id).where(*_claimable(store, jobs, schedules))
+    stmt = select(runs.c.id).where(*_claimable(store, jobs, schedules, queues))
     if avoiding:
         stmt = stmt.where(runs.c.id.not_in(bindparam("avoid", expanding=True)))
-    return stmt.order_by(runs.c.run_at, runs.c.id).limit(limit)
+    return stmt.order_by(*_claim_order(store)).limit(limit)
+
+
+def _claim_order(store: Store) -> tuple[ColumnElement[Any], ...]:
+    runs = store.runs
+    return runs.c.priority.desc(), runs.c.run_at, runs.c.id
 
 
 def _claimable(
-    store: Store, jobs: Collection[str], schedules: Collection[str]
+    store: Store, jobs: Collection[str], schedules: Collection[str], queues: Queues
 ) -> tuple[ColumnElement[bool], ...]:
     runs = store.runs
     return (
@@ -160,48 +203,201 @@ def _claimable(
         runs.c.run_at <= store.dialect.now(),
         runs.c.job.in_(list(jobs)),
         schedule_computable(runs, schedules),
+        *_routable(store, queues),
     )
 
 
-def _claim_statement(
-    store: Store, jobs: Collection[str], schedules: Collection[str], avoiding: bool
-) -> Executable:
+def _routable(store: Store, queues: Queues) -> tuple[ColumnElement[bool], ...]:
+    """Rows in the queues an instance takes (all: None), and not in a paused queue.
+
+    MySQL reads the paused queues first (:func:`_paused_params`): a subquery of a locking
+    read that skips locked rows could skip the row of a queue being paused.
+    """
+    runs, paused_queues = store.runs, store.queues
+    paused: Any
+    if store.dialect.is_mysql:
+        paused = bindparam("paused", expanding=True)
+    else:
+        paused = select(paused_queues.c.name).where(paused_queues.c.paused_at.is_not(None))
+    routable = [runs.c.queue.not_in(paused)]
+    if queues is not None:
+        routable.append(runs.c.queue.in_(list(queues)))
+    return tuple(routable)
+
+
+async def _paused_params(store: Store, conn: AsyncConnection) -> dict[str, Any]:
+    if not store.dialect.is_mysql:
+        return {}
+    return {"paused": await paused_queues(store, conn)}
+
+
+async def paused_queues(store: Store, conn: AsyncConnection) -> list[str]:
+    """The names of the paused queues."""
+    queues = store.queues
+    stmt = store.statement(
+        "paused queues", lambda: select(queues.c.name).where(queues.c.paused_at.is_not(None))
+    )
+    return [str(name) for name in (await conn.execute(stmt)).scalars()]
+
+
+def _claim_values(store: Store) -> dict[str, Any]:
     runs = store.runs
     dialect = store.dialect
     now = dialect.now()
-    stmt = update(runs)
-    if dialect.is_mysql:
-        # The rows this transaction locked; the conditions are checked again all the same.
-        stmt = stmt.where(
-            runs.c.id.in_(bindparam("ids", expanding=True)), *_claimable(store, jobs, schedules)
-        )
-    else:
-        chosen = pick_statement(
-            store, jobs, schedules, limit=bindparam("limit", type_=Integer), avoiding=avoiding
-        )
-        if dialect.is_postgresql:
-            # Materialised, so the planner cannot re-run the SKIP LOCKED pick per outer row
-            # (which could pick more than ``limit`` rows).
-            picked = chosen.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-            stmt = stmt.where(runs.c.id.in_(select(picked.c.id)))
-        else:
-            stmt = stmt.where(runs.c.id.in_(chosen.scalar_subquery()))
     # Values in a row may have been written by anyone: a timeout that is not a positive
     # number, or too large to add to a timestamp, and a count at the column's maximum must
     # not make the statement fail, or no instance could claim anything again.
     timeout = runs.c.run_timeout
-    stmt = stmt.values(
-        run_started_at=now,
-        run_started_by=bindparam("instance_id", type_=runs.c.run_started_by.type),
-        run_total_count=case(
+    return {
+        "run_started_at": now,
+        "run_started_by": bindparam("instance_id", type_=runs.c.run_started_by.type),
+        "run_total_count": case(
             (runs.c.run_total_count < MAX_COUNT, runs.c.run_total_count + 1), else_=runs.c.run_total_count
         ),
-        run_timeout_at=case(
+        "run_timeout_at": case(
             (timeout > 0, dialect.add_seconds(now, dialect.least(timeout, literal(MAX_DURATION)))),
             else_=null(),
         ),
+    }
+
+
+def _claim_statement(
+    store: Store, jobs: tuple[str, ...], schedules: tuple[str, ...], queues: Queues, avoiding: bool
+) -> Executable:
+    """PostgreSQL and SQLite: pick and claim in one UPDATE that returns the claimed rows."""
+    runs = store.runs
+    chosen = pick_statement(
+        store, jobs, schedules, limit=bindparam("limit", type_=Integer), avoiding=avoiding, queues=queues
     )
-    return stmt.returning(runs) if dialect.update_returning else stmt
+    stmt = update(runs)
+    if store.dialect.is_postgresql:
+        # Materialised, so the planner cannot re-run the SKIP LOCKED pick per outer row
+        # (which could pick more than ``limit`` rows).
+        picked = chosen.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        stmt = stmt.where(runs.c.id.in_(select(picked.c.id)))
+    else:
+        stmt = stmt.where(runs.c.id.in_(chosen.scalar_subquery()))
+    return stmt.values(**_claim_values(store)).returning(runs)
+
+
+def _claim_ids_statement(
+    store: Store,
+    jobs: tuple[str, ...],
+    schedules: tuple[str, ...],
+    queues: Queues,
+    avoiding: bool,
+    *,
+    limited: bool,
+) -> Executable:
+    """Claim given ids (a MySQL pick's locked rows, a limited claim's choice), each only if
+    it is still claimable."""
+    runs = store.runs
+    values = _claim_values(store)
+    if limited:
+        # A limited job's runs created without a key (before the job had limits, or by an
+        # operator) count under the job-wide key from their start on.
+        values["limit_key"] = func.coalesce(runs.c.limit_key, "")
+    stmt = (
+        update(runs)
+        .where(runs.c.id.in_(bindparam("ids", expanding=True)), *_claimable(store, jobs, schedules, queues))
+        .values(**values)
+    )
+    return stmt.returning(runs) if store.dialect.update_returning else stmt
+
+
+async def claim_limited(
+    store: Store,
+    conn: AsyncConnection,
+    *,
+    job: str,
+    limits: Limits,
+    schedules: Collection[str],
+    limit: int,
+    instance_id: int,
+    queues: Queues = None,
+) -> Limited:
+    """Claim up to ``limit`` due rows of ``job``, a job with limits, within those limits;
+    and whether the limits held back due rows.
+
+    Claims of one limited job take turns: each locks the job's row in ``{prefix}limits``
+    (SQLite: the database) before it counts, per limit key, the job's running runs and its
+    starts within the rate limit's window, so no two claimers count the same free slot.
+    Runs count until they finish, however they finish: a dead instance's runs free their
+    slots when they are taken over.
+    """
+    await _limits.lock(store, conn, job, limits, instance_id=instance_id)
+    shape: _Shape = ((job,), tuple(schedules), queues, False)
+    chosen = store.statement(("limited pick", *shape, limits), lambda: _limited_pick(store, limits, *shape))
+    paused = await _paused_params(store, conn)
+    ids = [int(i) for i in (await conn.execute(chosen, {"limit": limit, **paused})).scalars()]
+    claimed = await _claim_ids(store, conn, ids, instance_id, shape, paused, limited=True)
+    if len(claimed) >= limit:
+        return Limited(claimed, False)
+    any_due = store.statement(
+        ("limited any due", *shape), lambda: select(exists().where(*_claimable(store, *shape[:3])))
+    )
+    return Limited(claimed, bool((await conn.execute(any_due, paused)).scalar()))
+
+
+class Limited(NamedTuple):
+    """What a limited claim won, and whether its limits held back due rows."""
+
+    rows: list[RunRow]
+    held_back: bool
+
+
+def _limited_pick(
+    store: Store,
+    limits: Limits,
+    jobs: tuple[str, ...],
+    schedules: tuple[str, ...],
+    queues: Queues,
+    avoiding: bool,
+) -> Select[Any]:
+    """The ids a limited claim takes: claimable rows in claim order, each key's only while
+    its running runs (and its starts in the rate window) stay within the limits."""
+    runs, dialect = store.runs, store.dialect
+    (job,) = jobs
+    key = func.coalesce(runs.c.limit_key, "")
+    due = (
+        select(
+            runs.c.id,
+            runs.c.priority,
+            runs.c.run_at,
+            key.label("key"),
+            func.row_number().over(partition_by=key, order_by=_claim_order(store)).label("nth"),
+        )
+        .where(*_claimable(store, jobs, schedules, queues))
+        .subquery("due")
+    )
+    stmt = select(due.c.id).select_from(due)
+    started = runs.c.run_started_at.is_not(None)
+    per_key = runs.c.job == job, runs.c.limit_key.is_not(None), started
+    if limits.max_running is not None:
+        busy = (
+            select(runs.c.limit_key, func.count().label("n"))
+            .where(*per_key, runs.c.run_completed_at.is_(None))
+            .group_by(runs.c.limit_key)
+            .subquery("busy")
+        )
+        stmt = stmt.outerjoin(busy, busy.c.limit_key == due.c.key).where(
+            due.c.nth + func.coalesce(busy.c.n, 0) <= limits.max_running
+        )
+    if limits.rate is not None:
+        count, per = limits.rate
+        since = dialect.add_seconds(dialect.now(), literal(-per))
+        recent = (
+            select(runs.c.limit_key, func.count().label("n"))
+            .where(*per_key, runs.c.run_started_at > since)
+            .group_by(runs.c.limit_key)
+            .subquery("recent")
+        )
+        stmt = stmt.outerjoin(recent, recent.c.limit_key == due.c.key).where(
+            due.c.nth + func.coalesce(recent.c.n, 0) <= count
+        )
+    return stmt.order_by(due.c.priority.desc(), due.c.run_at, due.c.id).limit(
+        bindparam("limit", type_=Integer)
+    )
 
 
 async def hand_back(

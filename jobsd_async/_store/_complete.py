@@ -275,4 +275,7 @@ def follow_up_values(
         "created_by": instance_id,
         "trace_context": row.trace_context,  # the chain keeps its trace
         "retry_policy": row.retry_policy,
+        "queue": row.queue,
+        "priority": row.priority,
+        "limit_key": row.limit_key,
     }

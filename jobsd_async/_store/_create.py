@@ -7,21 +7,25 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ClauseElement,
     ColumnElement,
     Executable,
     Float,
     Table,
     bindparam,
+    case,
+    exists,
     func,
     insert,
+    null,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import Backoff
+from .._config import DEFAULT_PRIORITY, DEFAULT_QUEUE, Backoff
 from .._errors import StoreError
 from ._rows import RunRow, Store
 
@@ -33,6 +37,8 @@ _MAX_INSERT_ATTEMPTS = 5
 # expression's own inputs travel as these extra, non-column parameters:
 DELAY = "p_delay"  # seconds after the database clock: run_at
 TIMEOUT = "p_timeout"  # seconds after the database clock: run_timeout_at
+QUEUE = "p_queue"  # the run's queue, to check whether it is paused
+STARTED_BY = "p_started_by"  # the instance that starts a run it inserts
 
 
 def clock_plus(store: Store, seconds_bind: str) -> ColumnElement[datetime]:
@@ -60,20 +66,37 @@ async def insert_claimed(
     """Insert a first row already claimed by ``instance_id``: it starts here, without a claim.
 
     Returns (the row, its run id); when a pending or running row already holds its unique
-    name, nothing is inserted and it returns (None, that row's run id).  Needs RETURNING.
+    name, nothing is inserted and it returns (None, that row's run id).  A row whose queue
+    is paused is inserted pending instead (``run_started_at`` is None).  Needs RETURNING.
     """
     timeout = values["run_timeout"]
+    open_queue = _queue_open(store)
+
+    def when_open(value: Any) -> Any:
+        return case((open_queue, value), else_=null())
+
     claimed = {
         **values,
-        "run_started_at": store.dialect.now(),
-        "run_started_by": instance_id,
-        "run_total_count": 1,
-        "run_timeout_at": None if timeout is None else clock_plus(store, TIMEOUT),
+        "run_started_at": when_open(store.dialect.now()),
+        "run_started_by": when_open(bindparam(STARTED_BY, type_=BigInteger)),
+        "run_total_count": case((open_queue, 1), else_=0),
+        "run_timeout_at": None if timeout is None else when_open(clock_plus(store, TIMEOUT)),
+        QUEUE: values["queue"],
+        STARTED_BY: instance_id,
     }
     if timeout is not None:
         claimed[TIMEOUT] = timeout
     row, run_id = await _insert_first(store, conn, claimed, whole_row=True)
     return (None if row is None else RunRow.of(row)), run_id
+
+
+def _queue_open(store: Store) -> ColumnElement[bool]:
+    """Whether the queue given by the parameter ``QUEUE`` is not paused."""
+    queues = store.queues
+    return store.statement(
+        "queue open",
+        lambda: ~exists().where(queues.c.name == bindparam(QUEUE), queues.c.paused_at.is_not(None)),
+    )
 
 
 async def _insert_first(
@@ -236,6 +259,9 @@ def first_row_values(
     schedule: str | None,
     trace_context: str | None = None,
     retry_policy: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = DEFAULT_PRIORITY,
+    limit_key: str | None = None,
 ) -> dict[str, Any]:
     return {
         "origin_id": None,
@@ -262,4 +288,7 @@ def first_row_values(
         "created_by": instance_id,
         "trace_context": trace_context,
         "retry_policy": retry_policy,
+        "queue": queue,
+        "priority": priority,
+        "limit_key": limit_key,
     }

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import MAX_NAME_LENGTH, Config
-from . import _periodic
+from .._config import MAX_NAME_LENGTH, Config, Limits
+from . import _limits, _periodic
 from ._resurrect import instance_gone
 from ._rows import Store
 
@@ -35,10 +35,12 @@ async def register(
     jobs: Mapping[str, str],
     schedules: list[str],
     periodic: Collection[str] = (),
+    limits: Mapping[str, Limits] | None = None,
 ) -> int:
-    """Insert this instance's row; return its id.
+    """Insert this instance's row and declare the limits of its jobs; return its id.
 
-    ``jobs`` maps each job to its fingerprint; ``periodic`` names the jobs declared periodic.
+    ``jobs`` maps each job to its fingerprint; ``periodic`` names the jobs declared periodic;
+    ``limits`` gives the jobs with limits theirs.
     """
     now = store.dialect.now()
     result = await conn.execute(
@@ -59,10 +61,15 @@ async def register(
             retries_on_error_limit=config.retries_error_limit,
             last_seen_at=now,
             created_at=now,
+            queues=None if config.queues is None else json.dumps(list(config.queues)),
             **asdict(Counters()),
         )
     )
-    return int(result.inserted_primary_key[0])  # type: ignore[index]
+    instance_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    if config.workers > 0:
+        for job, job_limits in (limits or {}).items():
+            await _limits.declare(store, conn, job, job_limits, instance_id=instance_id)
+    return instance_id
 
 
 async def beat(

@@ -20,7 +20,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Connection, Dialect, Integer, String, func, insert, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Table,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
@@ -33,7 +46,7 @@ from ._schema import _TEXT, MYSQL_CHARSET, NAME_COLLATIONS, SECONDS, Tables, bui
 SCHEMA_VERSION = _schema.SCHEMA_VERSION
 """The schema version this jobsd_async creates and runs against."""
 
-RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.2.0", 4: "0.2.0", 5: "0.2.0"}
+RELEASES = {1: "0.1.0", 2: "0.2.0", 3: "0.2.0", 4: "0.2.0", 5: "0.2.0", 6: "0.2.0"}
 """The jobsd_async release that introduced each schema version."""
 
 _LOCK_WAIT = 300  # seconds an instance waits for another one's upgrade (MySQL GET_LOCK)
@@ -113,6 +126,38 @@ class ConvertCharset:
 
 
 @dataclass(frozen=True)
+class AddTable:
+    """``CREATE TABLE``, unless the table is there."""
+
+    table: Table
+
+    def needed(self, conn: Connection) -> bool:
+        return self.table.name not in inspect(conn).get_table_names()
+
+    def sql(self, dialect: Dialect) -> str:
+        return str(CreateTable(self.table).compile(dialect=dialect)).strip()
+
+
+@dataclass(frozen=True)
+class AddIndex:
+    """``CREATE INDEX``, unless the index is there (or it is not made on this dialect)."""
+
+    index: Index
+
+    def needed(self, conn: Connection) -> bool:
+        if not _index_applies(self.index, conn.dialect):
+            return False
+        table = self.index.table
+        assert table is not None
+        return self.index.name not in {i["name"] for i in inspect(conn).get_indexes(table.name)}
+
+    def sql(self, dialect: Dialect) -> str:
+        if not _index_applies(self.index, dialect):
+            return ""
+        return str(CreateIndex(self.index).compile(dialect=dialect)).strip()
+
+
+@dataclass(frozen=True)
 class Migration:
     """One schema version: what it changes, and its steps for a dialect flavor."""
 
@@ -173,6 +218,23 @@ def _to_5(tables: Tables, flavor: str) -> list[Step]:
     ]
 
 
+def _to_6(tables: Tables, flavor: str) -> list[Step]:
+    runs = tables.runs
+    added = ("queue", "priority", "limit_key")
+    new_indexes = ("claim", "running_key", "starts_key")
+    return [
+        *(AddColumn(runs.name, runs.c[name]._copy()) for name in added),
+        AddColumn(tables.instances.name, tables.instances.c.queues._copy()),
+        AddTable(tables.queues),
+        AddTable(tables.limits),
+        *(
+            AddIndex(index)
+            for index in sorted(runs.indexes, key=lambda i: str(i.name))
+            if str(index.name).removeprefix(f"ix_{runs.name}_").removesuffix("_c") in new_indexes
+        ),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
@@ -183,6 +245,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "instances.host and instances.pid", _to_3),
     Migration(4, "runs.trace_context and runs.run_completed_traceback", _to_4),
     Migration(5, "runs.retry_policy and runs.run_progress", _to_5),
+    Migration(
+        6,
+        "routing: runs.queue, runs.priority, runs.limit_key, instances.queues, the queues and "
+        "limits tables and their indexes",
+        _to_6,
+    ),
 )
 
 
@@ -304,7 +372,7 @@ def script(dialect: Dialect, flavor: str, prefix: str, *, from_version: int | No
         statements.append(compiled(CreateTable(tables.migrations, if_not_exists=True)))
     for migration in MIGRATIONS:
         if migration.version > from_version:
-            statements.extend(step.sql(dialect) for step in migration.steps(tables, flavor))
+            statements.extend(sql for step in migration.steps(tables, flavor) if (sql := step.sql(dialect)))
             statements.append(recorded(migration.version, migration.description))
     return statements
 

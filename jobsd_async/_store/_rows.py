@@ -45,6 +45,14 @@ class Store:
         return self.tables.instances
 
     @property
+    def queues(self) -> Table:
+        return self.tables.queues
+
+    @property
+    def limits(self) -> Table:
+        return self.tables.limits
+
+    @property
     def new_channel(self) -> str:
         """PostgreSQL NOTIFY channel announcing inserted runs."""
         return self.runs.name.removesuffix("runs") + "new"
@@ -98,6 +106,9 @@ class RunRow:
     run_completed_traceback: str | None
     retry_policy: str | None
     run_progress: str | None
+    queue: str
+    priority: int
+    limit_key: str | None
 
     @property
     def run_id(self) -> int:

@@ -28,12 +28,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator
 
-from .._config import MAX_NAME_LENGTH
+from .._config import DEFAULT_QUEUE, MAX_NAME_LENGTH
 
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 _ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -76,7 +77,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version these definitions build by default (see ``_migrations``)."""
 
 
@@ -91,6 +92,8 @@ class Tables:
     runs: Table
     instances: Table
     migrations: Table
+    queues: Table
+    limits: Table
 
     @property
     def prefix(self) -> str:
@@ -102,7 +105,7 @@ _PARTIAL: Any = ("postgresql", "sqlite")
 _COMPOSITE: Any = ("mysql", "mariadb")
 
 
-def _run_indexes(table: str) -> list[Index]:
+def _run_indexes(table: str, at: int) -> list[Index]:
     """The indexes of the runs table, one per hot query.
 
     PostgreSQL and SQLite get partial indexes that hold only the rows their queries look
@@ -113,7 +116,7 @@ def _run_indexes(table: str) -> list[Index]:
     (and InnoDB's secondary indexes end in the id, which orders ties).
     """
 
-    def partial(suffix: str, *columns: str, where: str, unique: bool = False) -> Index:
+    def partial(suffix: str, *columns: Any, where: str, unique: bool = False) -> Index:
         return Index(
             f"ix_{table}_{suffix}",
             *columns,
@@ -122,12 +125,38 @@ def _run_indexes(table: str) -> list[Index]:
             sqlite_where=text(where),
         ).ddl_if(dialect=_PARTIAL)
 
-    def composite(suffix: str, *columns: str, unique: bool = False) -> Index:
+    def composite(suffix: str, *columns: Any, unique: bool = False) -> Index:
         return Index(f"ix_{table}_{suffix}_c", *columns, unique=unique).ddl_if(dialect=_COMPOSITE)
 
+    pending = "run_started_at IS NULL AND run_completed_at IS NULL"
+    routing = (
+        [
+            # The claim: pending rows, highest priority first, then in due order.
+            partial("claim", literal_column("priority").desc(), "run_at", "id", where=pending),
+            composite("claim", "run_started_at", literal_column("priority").desc(), "run_at"),
+            # Limited jobs: their running runs, and their starts in a rate limit's window, per key.
+            partial(
+                "running_key",
+                "job",
+                "limit_key",
+                where="limit_key IS NOT NULL AND run_started_at IS NOT NULL AND run_completed_at IS NULL",
+            ),
+            composite("running_key", "run_completed_at", "job", "limit_key", "run_started_at"),
+            partial(
+                "starts_key",
+                "job",
+                "limit_key",
+                "run_started_at",
+                where="limit_key IS NOT NULL AND run_started_at IS NOT NULL",
+            ),
+            composite("starts_key", "limit_key", "job", "run_started_at"),
+        ]
+        if at >= 6
+        else []
+    )
     return [
-        # The poll and the claim: pending rows in due order.
-        partial("due", "run_at", "id", where="run_started_at IS NULL AND run_completed_at IS NULL"),
+        # The poll (and, before version 6, the claim): pending rows in due order.
+        partial("due", "run_at", "id", where=pending),
         # (Not led by run_completed_at: a completion then never moves an entry a claim's
         # range locks cover, which deadlocked them on InnoDB.)
         composite("due", "run_started_at", "run_at"),
@@ -143,6 +172,7 @@ def _run_indexes(table: str) -> list[Index]:
         # At most one open row per unique name.
         partial("name_active", "name_active", where="name_active IS NOT NULL", unique=True),
         composite("name_active", "name_active", unique=True),
+        *routing,
     ]
 
 
@@ -206,8 +236,13 @@ def build_tables(prefix: str, *, flavor: str | None = None, version: int | None 
             (5, Column("retry_policy", _TEXT, nullable=True)),
             # What the job last reported with RunInfo.set_progress(), as JSON.
             (5, Column("run_progress", _TEXT, nullable=True)),
+            # Routing: the run's queue and priority (higher first among due runs), and the key
+            # its job's limits count it under ("" for job-wide limits; NULL: not limited).
+            (6, Column("queue", name, nullable=False, server_default=DEFAULT_QUEUE)),
+            (6, Column("priority", Integer, nullable=False, server_default="0")),
+            (6, Column("limit_key", name, nullable=True)),
         ),
-        *_run_indexes(runs_name),
+        *_run_indexes(runs_name, at),
         **options,
     )
     instances = Table(
@@ -241,6 +276,8 @@ def build_tables(prefix: str, *, flavor: str | None = None, version: int | None 
             # Where the instance runs: for operators, `jobsd instances` and healthchecks.
             (3, Column("host", String(MAX_NAME_LENGTH), nullable=True)),
             (3, Column("pid", Integer, nullable=True)),
+            # The queues it takes runs from, as a JSON list (NULL: all).
+            (6, Column("queues", _TEXT, nullable=True)),
         ),
         **options,
     )
@@ -252,4 +289,29 @@ def build_tables(prefix: str, *, flavor: str | None = None, version: int | None 
         Column("applied_at", UTCDateTime, nullable=False),
         mysql_charset=MYSQL_CHARSET,
     )
-    return Tables(metadata=metadata, runs=runs, instances=instances, migrations=migrations)
+    routing = metadata if at >= 6 else MetaData()
+    queues = Table(
+        f"{prefix}queues",
+        routing,
+        Column("name", name, primary_key=True),
+        # Set while the queue is paused: no instance starts its runs (it still takes new ones).
+        Column("paused_at", UTCDateTime, nullable=True),
+        Column("updated_at", UTCDateTime, nullable=False),
+        **options,
+    )
+    limits = Table(
+        f"{prefix}limits",
+        routing,
+        Column("job", name, primary_key=True),
+        # As the instances that run the job declare them; a claim of its runs locks the row.
+        Column("max_running", Integer, nullable=True),
+        Column("rate_count", Integer, nullable=True),
+        Column("rate_period", seconds, nullable=True),
+        Column("per_key", Boolean, nullable=False),
+        Column("declared_by", BigInteger, nullable=False),
+        Column("declared_at", UTCDateTime, nullable=False),
+        **options,
+    )
+    return Tables(
+        metadata=metadata, runs=runs, instances=instances, migrations=migrations, queues=queues, limits=limits
+    )

@@ -38,6 +38,7 @@ def runs() -> None:
 )
 @click.option("--job", show_envvar=True, help="Only runs of this job.")
 @click.option("--name", show_envvar=True, help="Only the run with this (unique) name.")
+@click.option("--queue", show_envvar=True, help="Only runs in this queue.")
 @click.option(
     "--since",
     show_envvar=True,
@@ -56,6 +57,7 @@ def list_runs(
     status: str | None,
     job: str | None,
     name: str | None,
+    queue: str | None,
     since: datetime | None,
     until: datetime | None,
     limit: int,
@@ -68,7 +70,12 @@ def list_runs(
         jobsd runs list --url postgresql+asyncpg://app@db/app --status failed --since 1d
     """
     filters = RunFilter(
-        status=RunStatus(status) if status else None, job=job, name=name, since=since, until=until
+        status=RunStatus(status) if status else None,
+        job=job,
+        name=name,
+        queue=queue,
+        since=since,
+        until=until,
     )
 
     async def go() -> None:
@@ -78,11 +85,13 @@ def list_runs(
             print_json(states)
             return
         print_table(
-            ["RUN", "JOB", "STATUS", "ATTEMPTS", "CREATED", "FINISHED", "NAME", "ERROR"],
+            ["RUN", "JOB", "QUEUE", "PRIO", "STATUS", "ATTEMPTS", "CREATED", "FINISHED", "NAME", "ERROR"],
             [
                 [
                     s.run_id,
                     s.job,
+                    cut(s.queue, 20),
+                    s.priority,
                     s.status.value,
                     s.run_total_count,
                     when(s.created_at),
@@ -121,6 +130,8 @@ def show_run(app: str | None, url: str | None, table_prefix: str, run_id: int, a
             ("job", s.job),
             ("status", s.status.value),
             ("name", s.name),
+            ("queue", s.queue),
+            ("priority", s.priority),
             ("schedule", s.schedule or ""),
             ("attempts", s.run_total_count),
             ("successes", s.run_success_count),

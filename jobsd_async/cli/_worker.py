@@ -35,6 +35,12 @@ _RESERVE = 3.0  # seconds of a grace period kept for writing completions and the
     "on PostgreSQL the process holds one more, to LISTEN.",
 )
 @click.option(
+    "--queues",
+    envvar="JOBSD_QUEUES",
+    show_envvar=True,
+    help="Comma-separated queues to take runs from (overrides the app's; default: all).",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="JOBSD_BURST",
@@ -73,6 +79,7 @@ def worker(
     app: str,
     workers: int | None,
     max_connections: int | None,
+    queues: str | None,
     burst: bool,
     grace_period: float,
     log_level: str,
@@ -90,11 +97,16 @@ def worker(
         jobsd worker --app myapp.tasks:jd --workers 20
     """
     _configure_logging(log_level, log_format)
-    run(_work(app, workers, max_connections, burst, grace_period))
+    run(_work(app, workers, max_connections, queues, burst, grace_period))
 
 
 async def _work(
-    app: str, workers: int | None, max_connections: int | None, burst: bool, grace_period: float
+    app: str,
+    workers: int | None,
+    max_connections: int | None,
+    queues: str | None,
+    burst: bool,
+    grace_period: float,
 ) -> None:
     jd = await load_app(app)
     changes: dict[str, object] = {}
@@ -102,6 +114,8 @@ async def _work(
         changes["workers"] = workers
     if max_connections is not None:
         changes["max_connections"] = max_connections
+    if queues is not None:
+        changes["queues"] = [q.strip() for q in queues.split(",") if q.strip()]
     if grace_period:
         changes.update(_fitted(jd, grace_period))
     if changes:
@@ -135,6 +149,7 @@ def _announce(jd: JobsD, grace_period: float) -> None:
         f"  schedules: {', '.join(info.supported_schedules) or '(none)'}",
         f"  shutdown: jobs get {shutdown}, then cancel_grace {config.cancel_grace:g}s"
         + (f" (fits a {grace_period:g}s grace period)" if grace_period else ""),
+        f"  queues: {', '.join(config.queues) if config.queues is not None else '(all)'}",
     ]
     click.echo("\n".join(lines))
     sys.stdout.flush()

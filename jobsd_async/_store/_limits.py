@@ -1,0 +1,62 @@
+"""``{prefix}limits``: the limits of jobs, as the instances running them declare them.
+
+Each limited job has a row.  Instances write it when they start (for operators: what limits
+are in force, and who said so), and a claim of the job's runs locks it, so claims of one
+limited job take turns across the cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Executable, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .._config import Limits
+from ._rows import Store
+
+
+def _values(store: Store, job: str, limits: Limits, instance_id: int) -> dict[str, Any]:
+    count, per = limits.rate if limits.rate is not None else (None, None)
+    return {
+        "job": job,
+        "max_running": limits.max_running,
+        "rate_count": count,
+        "rate_period": per,
+        "per_key": limits.key is not None,
+        "declared_by": instance_id,
+        "declared_at": store.dialect.now(),
+    }
+
+
+def _upsert(store: Store, values: dict[str, Any], *, replace: bool) -> Executable:
+    """INSERT of a job's row; when it exists, ``replace`` it, or else leave it alone."""
+    table, dialect = store.limits, store.dialect
+    changed = {k: v for k, v in values.items() if k != "job"}
+    if dialect.is_mysql:
+        stmt: Any = mysql.insert(table).values(values)
+        if replace:
+            return stmt.on_duplicate_key_update(**changed)  # type: ignore[no-any-return]
+        return stmt.prefix_with("IGNORE")  # type: ignore[no-any-return]
+    upsert = postgresql.insert(table) if dialect.is_postgresql else sqlite.insert(table)
+    stmt = upsert.values(values)
+    if replace:
+        return stmt.on_conflict_do_update(index_elements=[table.c.job], set_=changed)  # type: ignore[no-any-return]
+    return stmt.on_conflict_do_nothing(index_elements=[table.c.job])  # type: ignore[no-any-return]
+
+
+async def declare(store: Store, conn: AsyncConnection, job: str, limits: Limits, *, instance_id: int) -> None:
+    """Record ``job``'s limits as this instance has them."""
+    await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=True))
+
+
+async def lock(store: Store, conn: AsyncConnection, job: str, limits: Limits, *, instance_id: int) -> None:
+    """Lock ``job``'s row until the transaction ends (creating it if it is missing)."""
+    table = store.limits
+    if store.dialect.is_sqlite:
+        return  # BEGIN IMMEDIATE: the transaction already holds the database's write lock
+    stmt = select(table.c.job).where(table.c.job == job).with_for_update()
+    if (await conn.execute(stmt)).first() is None:
+        await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=False))
+        await conn.execute(stmt)

@@ -1,0 +1,344 @@
+"""Routing: queues, priorities, cluster-wide concurrency and rate limits, pausing queues."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MakeJobsD, fetch_runs
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from jobsd_async import JobsD, RunInfo, RunStatus
+
+LIMIT_WORKER = Path(__file__).with_name("limit_worker.py")
+
+
+@pytest.fixture
+def dummy_engine() -> Any:
+    # Never connected: validation happens before anything touches the database.
+    return create_async_engine("sqlite+aiosqlite:///:memory:")
+
+
+class Concurrency:
+    """How many runs a job has running at once, as the jobs themselves see it."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.per_key: dict[str, int] = {}
+        self.most_per_key: dict[str, int] = {}
+
+    async def hold(self, seconds: float, key: str = "") -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self.per_key[key] = self.per_key.get(key, 0) + 1
+        self.most_per_key[key] = max(self.most_per_key.get(key, 0), self.per_key[key])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.now -= 1
+            self.per_key[key] -= 1
+
+
+# ------------------------------------------------------------------------------ queues
+
+
+async def test_runs_are_in_the_default_queue_at_priority_zero_unless_told(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd(workers=0)
+    plain = jd.register_job("plain", lambda: None)
+    mail = jd.register_job("mail", lambda: None, queue="mail", priority=5)
+    assert (plain.queue, plain.priority, mail.queue, mail.priority) == ("default", 0, "mail", 5)
+    async with jd:
+        ids = [
+            await plain.create_run().run(),
+            await mail.create_run().run(),
+            await mail.create_run().queue("urgent-mail").priority(-3).run(),
+        ]
+        states = [await jd.get_run_state(i) for i in ids]
+    assert [(s.queue, s.priority) for s in states] == [("default", 0), ("mail", 5), ("urgent-mail", -3)]
+
+
+async def test_instances_take_runs_only_from_their_queues(make_jobsd: MakeJobsD) -> None:
+    mail = make_jobsd(queues=["mail"])
+    reports = make_jobsd(queues=["reports"])
+    everything = make_jobsd(workers=0)
+    for jd in (mail, reports, everything):
+        jd.register_job("work", lambda: None)
+    async with everything, mail, reports:
+        assert mail.instance.id != reports.instance.id
+        ids = {
+            # created where it cannot run: it must not start there, even directly
+            "reports from mail": await mail.create_run("work").queue("reports").run(),
+            "mail from reports": await reports.create_run("work").queue("mail").run(),
+            "mail": await everything.create_run("work").queue("mail").run(),
+            "reports": await everything.create_run("work").queue("reports").run(),
+        }
+        states = {name: await everything.wait_for_run(i, timeout=10) for name, i in ids.items()}
+        await everything.create_run("work").run()  # the default queue: nobody here takes it
+        queues = await everything.list_queues()
+        mail_id, reports_id = mail.instance_id, reports.instance_id
+
+    assert {n: s.status for n, s in states.items()} == dict.fromkeys(ids, RunStatus.SUCCEEDED)
+    assert {n: s.run_started_by for n, s in states.items()} == {
+        "reports from mail": reports_id,
+        "mail from reports": mail_id,
+        "mail": mail_id,
+        "reports": reports_id,
+    }
+    assert [(q.name, q.pending, q.running) for q in queues] == [("default", 1, 0)]
+
+
+async def test_higher_priority_runs_first_then_in_due_order(make_jobsd: MakeJobsD) -> None:
+    creator = make_jobsd(workers=0)
+    worker = make_jobsd(workers=1)
+    order: list[str] = []
+    for jd in (creator, worker):
+        jd.register_job("step", lambda label: order.append(label))
+    async with creator:
+        ids = [
+            await creator.create_run("step", label).priority(priority).run()
+            for label, priority in [("a", 0), ("b", 5), ("c", -1), ("d", 5), ("e", 10), ("f", 0)]
+        ]
+        async with worker:
+            for run_id in ids:
+                await creator.wait_for_run(run_id, timeout=10)
+    assert order == ["e", "b", "d", "a", "f", "c"]
+
+
+async def test_follow_ups_keep_the_queue_and_priority(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+
+    @jd.job(name="flaky", retries_error_limit=2)
+    async def flaky() -> None:
+        raise RuntimeError("again")
+
+    async with jd:
+        run_id = await flaky.create_run().queue("slow").priority(7).run()
+        assert (await jd.wait_for_run(run_id, timeout=10)).status is RunStatus.FAILED
+        rows = await fetch_runs(jd)
+    assert [(r["queue"], r["priority"]) for r in rows] == [("slow", 7)] * 3
+
+
+# ------------------------------------------------------------------------------ pausing
+
+
+async def test_a_paused_queue_starts_nothing_anywhere_until_resumed(make_jobsd: MakeJobsD) -> None:
+    first, second = make_jobsd(), make_jobsd()
+    for jd in (first, second):
+        jd.register_job("work", lambda label: label)
+    async with first, second:
+        assert await first.pause_queue("mail") is True
+        assert await second.pause_queue("mail") is False  # already paused, cluster-wide
+        held = [
+            await second.create_run("work", "direct").queue("mail").priority(9).run(),
+            await first.create_run("work", "created").queue("mail").priority(9).run(),
+        ]
+        # Runs of a lower priority, created after them, run: every instance has claimed
+        # since the paused runs became due, and left them.
+        passed = [await jd.create_run("work", "other").run() for jd in (first, second)]
+        for run_id in passed:
+            assert (await first.wait_for_run(run_id, timeout=10)).status is RunStatus.SUCCEEDED
+        assert [(await first.get_run_state(i)).status for i in held] == [RunStatus.PENDING] * 2
+        queues = {q.name: q for q in await second.list_queues()}
+        assert queues["mail"].paused and queues["mail"].pending == 2
+
+        assert await second.resume_queue("mail") is True
+        assert await first.resume_queue("mail") is False
+        states = [await first.wait_for_run(i, timeout=10) for i in held]
+    assert [s.result for s in states] == ["direct", "created"]
+
+
+async def test_a_pause_outlives_the_instances(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd()
+    jd.register_job("work", lambda: None)
+    async with jd:
+        await jd.pause_queue("mail")
+    later = make_jobsd()
+    later.register_job("work", lambda: None)
+    async with later:
+        assert [(q.name, q.paused) for q in await later.list_queues()] == [("mail", True)]
+        await later.resume_queue("mail")
+        assert [(q.name, q.paused) for q in await later.list_queues()] == [("mail", False)]
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+async def test_max_running_holds_across_four_instances(make_jobsd: MakeJobsD) -> None:
+    seen = Concurrency()
+    instances = [make_jobsd(workers=3) for _ in range(4)]
+    for jd in instances:
+
+        @jd.job(name="limited", max_running=2)
+        async def limited() -> None:
+            await seen.hold(0.15)
+
+    async with instances[0], instances[1], instances[2], instances[3]:
+        ids = [await instances[i % 4].create_run("limited").run() for i in range(12)]
+        states = [await instances[0].wait_for_run(i, timeout=30) for i in ids]
+    assert {s.status for s in states} == {RunStatus.SUCCEEDED}
+    assert seen.most == 2, f"{seen.most} runs at once"
+    assert len({s.run_started_by for s in states}) > 1  # the limit is the cluster's, not an instance's
+
+
+async def test_max_running_per_key(make_jobsd: MakeJobsD) -> None:
+    seen = Concurrency()
+    instances = [make_jobsd(workers=4) for _ in range(2)]
+    for jd in instances:
+
+        @jd.job(name="sync", max_running=1, limit_key=lambda customer: customer)
+        async def sync(customer: str) -> None:
+            await seen.hold(0.1, customer)
+
+    async with instances[0], instances[1]:
+        ids = [await instances[i % 2].create_run("sync", c).run() for i, c in enumerate("abcabcabc")]
+        for run_id in ids:
+            await instances[0].wait_for_run(run_id, timeout=30)
+        rows = await fetch_runs(instances[0])
+    assert seen.most_per_key == {"a": 1, "b": 1, "c": 1}
+    assert seen.most > 1  # different customers ran side by side
+    assert sorted({r["limit_key"] for r in rows}) == ["a", "b", "c"]
+
+
+async def test_the_rate_limit_holds_over_every_window(make_jobsd: MakeJobsD) -> None:
+    instances = [make_jobsd(workers=5) for _ in range(2)]
+    for jd in instances:
+        jd.register_job("ping", lambda: None, rate_limit=(3, 0.5))
+    async with instances[0], instances[1]:
+        ids = [await instances[i % 2].create_run("ping").run() for i in range(8)]
+        for run_id in ids:
+            await instances[0].wait_for_run(run_id, timeout=30)
+        starts = sorted(r["run_started_at"] for r in await fetch_runs(instances[0]))
+    window = timedelta(seconds=0.5)
+    most = max(sum(1 for s in starts if t - window < s <= t) for t in starts)
+    assert most == 3, f"{most} starts within {window}"
+    assert starts[-1] - starts[0] > 2 * window  # 8 starts at 3 per window need three windows
+
+
+@pytest.mark.cluster
+async def test_a_dead_instance_gives_back_its_slots(
+    make_jobsd: MakeJobsD, database_url: str, table_prefix: str
+) -> None:
+    seen = Concurrency()
+    survivor = make_jobsd(workers=0)
+    survivor.register_job("mark", lambda: None)
+
+    @survivor.job(name="hold", max_running=1)
+    async def hold(info: RunInfo) -> int:
+        await seen.hold(0.05)
+        return info.run_total_count
+
+    await survivor.up()  # the tables exist before the worker starts
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, str(LIMIT_WORKER), database_url, table_prefix, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert worker.stdout is not None
+        await _read_line(worker.stdout, "UP")
+        first = await hold.create_run().run()
+        assert int(await _read_line(worker.stdout, "RUNNING")) == first
+        second = await hold.create_run().run()
+        # The worker has free slots and claims (it runs "mark"), but "hold" is at its limit.
+        await survivor.wait_for_run(await survivor.create_run("mark").run(), timeout=10)
+        assert (await hold.get_run_state(second)).status is RunStatus.PENDING
+        os.kill(worker.pid, signal.SIGKILL)
+        await worker.wait()
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    await survivor.down()
+    rescuer = make_jobsd(workers=4, timeout_check=0.2)
+    rescuer.register_job("mark", lambda: None)
+    rescuer.register_job("hold", hold.func, max_running=1)
+    async with rescuer:
+        states = [await rescuer.wait_for_run(i, timeout=30) for i in (first, second)]
+    assert [s.status for s in states] == [RunStatus.SUCCEEDED] * 2
+    assert states[0].result == 2  # the killed attempt, then the one after the take-over
+    assert seen.most == 1
+
+
+async def _read_line(stream: asyncio.StreamReader, prefix: str) -> str:
+    async with asyncio.timeout(30):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError(f"worker exited before printing {prefix!r}")
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"queue": ""}, ValueError),
+        ({"queue": "a,b"}, ValueError),
+        ({"queue": 3}, TypeError),
+        ({"priority": 1.5}, TypeError),
+        ({"priority": True}, TypeError),
+        ({"priority": 2**31}, ValueError),
+        ({"max_running": 0}, ValueError),
+        ({"max_running": "2"}, TypeError),
+        ({"rate_limit": (0, 1)}, ValueError),
+        ({"rate_limit": (1, 0)}, ValueError),
+        ({"rate_limit": 5}, TypeError),
+        ({"limit_key": lambda: "k"}, ValueError),  # a key without a limit
+        ({"max_running": 1, "limit_key": "customer"}, TypeError),
+    ],
+)
+def test_bad_routing_options_are_refused(dummy_engine: Any, options: dict[str, Any], error: type) -> None:
+    jd = JobsD(dummy_engine)
+    with pytest.raises(error):
+        jd.register_job("job", lambda customer=None: None, **options)
+    assert "job" not in [j for j in jd._jobs]
+
+
+@pytest.mark.parametrize(
+    ("queues", "error"), [("mail", TypeError), ([], ValueError), (["a", ""], ValueError)]
+)
+def test_bad_instance_queues_are_refused(dummy_engine: Any, queues: Any, error: type) -> None:
+    with pytest.raises(error):
+        JobsD(dummy_engine, queues=queues)
+
+
+@pytest.mark.parametrize(
+    ("key", "error"),
+    [
+        (lambda customer: 1 / 0, ValueError),
+        (lambda customer: None, TypeError),
+        (lambda customer: "", ValueError),
+        (lambda customer: "a\x00b", ValueError),
+        (lambda customer: "x" * 256, ValueError),
+    ],
+)
+async def test_a_bad_limit_key_writes_nothing(make_jobsd: MakeJobsD, key: Any, error: type) -> None:
+    jd = make_jobsd(workers=0)
+    jd.register_job("sync", lambda customer: None, max_running=1, limit_key=key)
+    async with jd:
+        with pytest.raises(error):
+            await jd.create_run("sync", "acme").run()
+        with pytest.raises(error):
+            await jd.create_runs("sync", [("acme",)])
+        assert await fetch_runs(jd) == []
+
+
+async def test_bad_run_routing_writes_nothing(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd(workers=0)
+    jd.register_job("work", lambda: None)
+    async with jd:
+        with pytest.raises(ValueError, match="NUL"):
+            jd.create_run("work").queue("bad\x00queue")
+        with pytest.raises(TypeError):
+            jd.create_run("work").priority(None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="empty"):
+            await jd.pause_queue("")
+        assert await fetch_runs(jd) == []
