@@ -130,6 +130,8 @@ async def plans(engine: AsyncEngine, store: Store, instance_id: int) -> dict[str
         ),
         "chain look-up": _read.latest_statement(store, 12345),
     }
+    if store.dialect.is_mysql:  # the paused queues travel as a parameter there
+        statements = {label: stmt.params(paused=["-"]) for label, stmt in statements.items()}
     out: dict[str, list[str]] = {}
     name = engine.dialect.name
     prefix = "EXPLAIN QUERY PLAN " if name == "sqlite" else "EXPLAIN "

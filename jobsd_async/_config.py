@@ -268,6 +268,31 @@ def to_queues(value: object) -> tuple[str, ...] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class JobLimits:
+    """The limits claims of a job enforce: as ``{prefix}limits`` holds them for the cluster."""
+
+    max_running: int | None
+    rate: tuple[int, float] | None
+    per_key: bool
+
+    @classmethod
+    def stored(
+        cls, max_running: object, rate_count: object, rate_period: object, per_key: object
+    ) -> JobLimits | None:
+        """The limits of a stored row, made sane whoever wrote it (a count below 1 counts
+        as 1, a period that is not a positive number of seconds drops the rate limit)."""
+        running = None if not isinstance(max_running, int) else min(max(max_running, 1), MAX_COUNT)
+        rate = None
+        if isinstance(rate_count, int) and isinstance(rate_period, int | float):
+            period = float(rate_period)
+            if not math.isnan(period) and period > 0:
+                rate = (min(max(rate_count, 1), MAX_COUNT), min(period, MAX_DURATION))
+        if running is None and rate is None:
+            return None
+        return cls(running, rate, bool(per_key))
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """A job's cluster-wide limits, enforced by the database when runs are claimed.
 
@@ -296,6 +321,11 @@ class Limits:
                 raise ValueError(f"job {job!r}: limit_key needs max_running or rate_limit")
             return None
         return cls(running, rate, limit_key)
+
+    @property
+    def spec(self) -> JobLimits:
+        """What claims enforce."""
+        return JobLimits(self.max_running, self.rate, self.key is not None)
 
     def key_of(self, job: str, args: tuple[object, ...], kwargs: dict[str, object]) -> str:
         """The limit key of a run with these arguments ("" when the limits are job-wide)."""

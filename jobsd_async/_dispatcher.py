@@ -19,17 +19,15 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from ._attempt import Attempt
 from ._clock import DbClock
-from ._config import Config, Limits
+from ._config import Config, JobLimits
 from ._jobs import Job
 from ._pool import WorkerPool
 from ._queue import LocalQueue
 from ._schedules import ScheduleFunc
 from ._signal import wait_event
-from ._store import _claim, _instances, _read
+from ._store import _claim, _instances, _limits, _read
 from ._store._claim import Limited
 from ._store._dialect import DRIVER_ERRORS
 from ._store._instances import Counters
@@ -77,9 +75,11 @@ class Dispatcher:
         self._no_reservations = asyncio.Event()
         self._no_reservations.set()
         self._loops = Loops(f"#{instance_id}", log=config.logger, extra=self._extra)
-        # Jobs with cluster-wide limits are claimed apart (see ``_claim.claim_limited``).
-        self._unlimited = [name for name, job in jobs.items() if job.limits is None]
-        self._limited = {name: job.limits for name, job in jobs.items() if job.limits is not None}
+        # Jobs with cluster-wide limits are claimed apart (see ``_claim.claim_limited``); the
+        # limits in force are the cluster's, read at every poll (see ``_store._limits``).
+        self._unlimited: list[str] = []
+        self._limited: dict[str, JobLimits] = {}
+        self._set_limits({name: job.limits.spec for name, job in jobs.items() if job.limits is not None})
         # A limited job had due runs its limits held back: a finished run may free a slot.
         self._held_back = False
         self.pool: WorkerPool | None = None  # set by the runner before start()
@@ -107,6 +107,10 @@ class Dispatcher:
     @property
     def _stopping(self) -> bool:
         return self._loops.stopping.is_set()
+
+    def _set_limits(self, limited: dict[str, JobLimits]) -> None:
+        self._limited = limited
+        self._unlimited = [name for name in self._jobs if name not in limited]
 
     # ---------------------------------------------------------------- the local queue
 
@@ -203,6 +207,8 @@ class Dispatcher:
                 limit=self._config.poll_limit,
                 queues=self._config.queues,
             )
+            limited = await _limits.read(store, conn, list(self._jobs))
+        self._set_limits(limited)
         self._forget_avoided()
         for row_id, run_at in rows:
             self.enqueue(row_id, run_at)
@@ -288,57 +294,84 @@ class Dispatcher:
                 self._queue.forget(row_id)
 
     async def _claim(self, free: int) -> list[RunRow]:
-        """Claim up to ``free`` due rows: of the jobs without limits in one statement, then
-        of each job with limits in a transaction of its own (see ``_claim.claim_limited``)."""
-        store = self._store
-        won: list[RunRow] = []
-        if self._unlimited:
-            won = await store.dialect.retrying(
-                lambda conn: _claim.claim_due(
-                    store,
-                    conn,
-                    jobs=self._unlimited,
-                    schedules=list(self._schedules),
-                    limit=free,
-                    instance_id=self._id,
-                    avoid=list(self._avoid),
-                    queues=self._config.queues,
-                ),
-                # One UPDATE where the dialect returns what it changed; a claim whose answer
-                # is lost is handed over by the timeout check, so it may run again.
-                one_statement=store.dialect.update_returning,
-            )
-        held_back = False
-        for job, limits in self._limited.items():
-            if len(won) >= free:
-                held_back = True  # not tried: as good as held back
-                break
+        """Claim up to ``free`` due rows, highest priority first.
 
-            async def limited(conn: AsyncConnection, job: str = job, limits: Limits = limits) -> Limited:
-                return await _claim.claim_limited(
+        Jobs without limits are claimed in one statement; each job with limits in a
+        transaction of its own (see ``_claim.claim_limited``).  When a limited job has runs
+        due, the others' runs of a higher priority are claimed before them, and the rest
+        after them.
+        """
+        store = self._store
+        top: int | None = None
+        if self._limited:
+            async with store.dialect.reading() as conn:
+                top = await _claim.top_priority(
                     store,
                     conn,
-                    job=job,
-                    limits=limits,
+                    jobs=list(self._limited),
                     schedules=list(self._schedules),
-                    limit=free - len(won),
-                    instance_id=self._id,
                     queues=self._config.queues,
                 )
-
-            try:
-                claimed, left = await store.dialect.retrying(limited)
-            except DRIVER_ERRORS as exc:
-                if not won:
-                    raise
-                # What was claimed already starts; the rest waits for the next claim.
-                self._log.warning("jobsd: claim of job %r failed: %s", job, exc, extra=self._extra)
-                held_back = True
-                break
-            won.extend(claimed)
-            held_back = held_back or left
+        won: list[RunRow] = []
+        if self._unlimited:
+            won = await self._claim_unlimited(free, above=top)
+        if top is None:
+            self._held_back = False
+            return won
+        held_back = False
+        try:
+            for job, limits in self._limited.items():
+                if len(won) >= free:
+                    held_back = True  # not tried: as good as held back
+                    break
+                claimed, left = await self._claim_limited(job, limits, free - len(won))
+                won.extend(claimed)
+                held_back = held_back or left
+            if self._unlimited and len(won) < free:
+                won.extend(await self._claim_unlimited(free - len(won), above=None))
+        except DRIVER_ERRORS as exc:
+            if not won:
+                raise
+            # What was claimed already starts; the rest waits for the next claim.
+            self._log.warning("jobsd: claim failed: %s", exc, extra=self._extra)
+            held_back = True
         self._held_back = held_back
         return won
+
+    async def _claim_unlimited(self, limit: int, *, above: int | None) -> list[RunRow]:
+        store = self._store
+        return await store.dialect.retrying(
+            lambda conn: _claim.claim_due(
+                store,
+                conn,
+                jobs=self._unlimited,
+                schedules=list(self._schedules),
+                limit=limit,
+                instance_id=self._id,
+                avoid=list(self._avoid),
+                queues=self._config.queues,
+                above=above,
+            ),
+            # One UPDATE where the dialect returns what it changed; a claim whose answer
+            # is lost is handed over by the timeout check, so it may run again.
+            one_statement=store.dialect.update_returning,
+        )
+
+    async def _claim_limited(self, job: str, limits: JobLimits, limit: int) -> Limited:
+        store = self._store
+        return await store.dialect.retrying(
+            lambda conn: _claim.claim_limited(
+                store,
+                conn,
+                job=job,
+                limits=limits,
+                schedules=list(self._schedules),
+                limit=limit,
+                instance_id=self._id,
+                avoid=list(self._avoid),
+                queues=self._config.queues,
+            )
+        )
 
     # ---------------------------------------------------------------- hand-back
 

@@ -280,7 +280,9 @@ class JobsD(Registrations, RunsAPI, QueuesAPI):
             await wrap_errors(self._sample_clock(store), "reading the database clock")
             fingerprints = {name: job.contract.fingerprint for name, job in self._jobs.items()}
             periodic = [name for name, job in self._jobs.items() if job.periodic is not None]
-            limits = {name: job.limits for name, job in self._jobs.items() if job.limits is not None}
+            limits = {
+                name: None if job.limits is None else job.limits.spec for name, job in self._jobs.items()
+            }
             self._instance_id = await wrap_errors(
                 store.dialect.retrying(
                     lambda conn: _instances.register(

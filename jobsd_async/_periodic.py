@@ -60,7 +60,6 @@ DEFINITION = (
     "retry_policy",
     "queue",
     "priority",
-    "limit_key",
 )
 
 

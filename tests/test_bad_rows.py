@@ -205,3 +205,30 @@ async def test_an_undecodable_stored_result_raises_a_store_error(worker: JobsD) 
             await conn.execute(update(runs).where(runs.c.id == run_id).values(run_result="{not json"))
         with pytest.raises(StoreError, match="cannot be decoded"):
             await worker.get_run_state(run_id)
+
+
+async def test_priorities_at_the_columns_extremes_and_odd_queues_run(make_jobsd: MakeJobsD) -> None:
+    jd = make_jobsd(workers=1, poll_interval=0.05)
+    order: list[str] = []
+    jd.register_job("note", lambda label: order.append(label))
+    limited = jd.register_job("limited", lambda label: order.append(label), max_running=2)
+    async with jd:
+        await jd.pause_queue("paused")
+        rows: dict[str, dict[str, Any]] = {
+            "lowest": {"priority": -(2**31), "queue": "default"},
+            "highest": {"priority": MAX_INT, "queue": "🚚 queue with ' quotes \\\\ and spaces "},
+            "limited-with-another-key": {"priority": 5, "job": "limited", "limit_key": "\U0001f511"},
+            "limited-without-key": {"priority": 4, "job": "limited", "limit_key": None},
+            "paused": {"priority": MAX_INT, "queue": "paused"},
+        }
+        ids = {}
+        for label, values in rows.items():
+            job = values.pop("job", "note")
+            ids[label] = await insert_pending_row(jd, job=job, job_args=f'["{label}"]', **values)
+        for label in ("highest", "limited-with-another-key", "limited-without-key", "lowest"):
+            assert (await jd.wait_for_run(ids[label], timeout=10)).status is RunStatus.SUCCEEDED
+        assert (await jd.get_run_state(ids["paused"])).status is RunStatus.PENDING
+        stored = {r["id"]: r for r in await fetch_runs(jd)}
+    assert order == ["highest", "limited-with-another-key", "limited-without-key", "lowest"]
+    assert stored[ids["limited-without-key"]]["limit_key"] == ""  # counted job-wide once started
+    assert limited.max_running == 2

@@ -243,6 +243,7 @@ async def test_instances_and_prune(jobsd: Jobsd, peer: JobsD) -> None:
     live = await jobsd.json("instances")
     assert [i["id"] for i in live] == [peer.instance_id]
     assert live[0]["alive"] is True and live[0]["host"] and live[0]["pid"] == os.getpid()
+    assert live[0]["queues"] is None  # all queues
     code, out, err = await jobsd("prune", "--older-than", "7d")
     assert (code, out.strip()) == (0, "deleted 0 rows"), err
     code, _, err = await jobsd("prune", "--older-than", "soon")

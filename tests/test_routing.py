@@ -6,12 +6,13 @@ import asyncio
 import os
 import signal
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeJobsD, fetch_runs
+from conftest import MakeJobsD, eventually, fetch_runs, jd_prefix
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunStatus
@@ -129,21 +130,23 @@ async def test_follow_ups_keep_the_queue_and_priority(make_jobsd: MakeJobsD) -> 
 
 
 async def test_a_paused_queue_starts_nothing_anywhere_until_resumed(make_jobsd: MakeJobsD) -> None:
-    first, second = make_jobsd(), make_jobsd()
-    for jd in (first, second):
+    first, second, producer = make_jobsd(), make_jobsd(), make_jobsd(workers=0)
+    for jd in (first, second, producer):
         jd.register_job("work", lambda label: label)
-    async with first, second:
+    async with first, second, producer:
         assert await first.pause_queue("mail") is True
         assert await second.pause_queue("mail") is False  # already paused, cluster-wide
         held = [
             await second.create_run("work", "direct").queue("mail").priority(9).run(),
-            await first.create_run("work", "created").queue("mail").priority(9).run(),
+            await producer.create_run("work", "created").queue("mail").priority(9).run(),
         ]
-        # Runs of a lower priority, created after them, run: every instance has claimed
-        # since the paused runs became due, and left them.
-        passed = [await jd.create_run("work", "other").run() for jd in (first, second)]
-        for run_id in passed:
-            assert (await first.wait_for_run(run_id, timeout=10)).status is RunStatus.SUCCEEDED
+        # Runs of a lower priority, created after them and claimed (a producer's runs are
+        # never started directly) by each instance, run: the paused ones were passed over.
+        passed: set[int | None] = set()
+        while passed != {first.instance_id, second.instance_id}:
+            state = await producer.wait_for_run(await producer.create_run("work", "other").run(), timeout=10)
+            assert state.status is RunStatus.SUCCEEDED
+            passed.add(state.run_started_by)
         assert [(await first.get_run_state(i)).status for i in held] == [RunStatus.PENDING] * 2
         queues = {q.name: q for q in await second.list_queues()}
         assert queues["mail"].paused and queues["mail"].pending == 2
@@ -274,6 +277,40 @@ async def _read_line(stream: asyncio.StreamReader, prefix: str) -> str:
                 return line[len(prefix) :].strip()
 
 
+async def insert_running_row(owner: JobsD, *, job: str) -> int:
+    """A running row of ``job`` owned by ``owner``, without a limit key."""
+    runs = owner.metadata.tables[f"{jd_prefix(owner)}runs"]
+    now = datetime.now(UTC)
+    name = f"by-hand-{now.timestamp()}"
+    values = {
+        "name": name,
+        "name_active": name,
+        "job": job,
+        "job_args": "[]",
+        "job_kwargs": "{}",
+        "delay": 0.0,
+        "run_at": now,
+        "run_total_count": 1,
+        "run_success_limit": 1,
+        "run_started_at": now,
+        "run_started_by": owner.instance_id,
+        "created_at": now,
+        "created_by": owner.instance_id,
+    }
+    async with owner.engine.begin() as conn:
+        return int((await conn.execute(insert(runs).values(values))).inserted_primary_key[0])  # type: ignore[index]
+
+
+async def complete_row(owner: JobsD, row_id: int) -> None:
+    runs = owner.metadata.tables[f"{jd_prefix(owner)}runs"]
+    async with owner.engine.begin() as conn:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == row_id)
+            .values(run_completed_at=datetime.now(UTC), name_active=None)
+        )
+
+
 # ------------------------------------------------------------------------------ bad input
 
 
@@ -342,3 +379,91 @@ async def test_bad_run_routing_writes_nothing(make_jobsd: MakeJobsD) -> None:
         with pytest.raises(ValueError, match="empty"):
             await jd.pause_queue("")
         assert await fetch_runs(jd) == []
+
+
+async def test_queue_names_compare_exactly(make_jobsd: MakeJobsD) -> None:
+    # MySQL/MariaDB compare texts case-insensitively and without trailing spaces by default.
+    picky = make_jobsd(queues=["mail"])
+    picky.register_job("work", lambda label: label)
+    async with picky:
+        await picky.pause_queue("Mail")
+        await picky.pause_queue("mail ")
+        ran = await picky.create_run("work", "exact").queue("mail").run()
+        assert (await picky.wait_for_run(ran, timeout=10)).result == "exact"
+        others = [await picky.create_run("work", q).queue(q).run() for q in ("Mail", "MAIL", "mail ")]
+        # A later run of the instance's queue runs: the others were passed over, not missed.
+        after = await picky.create_run("work", "after").queue("mail").run()
+        assert (await picky.wait_for_run(after, timeout=10)).result == "after"
+        assert [(await picky.get_run_state(i)).status for i in others] == [RunStatus.PENDING] * 3
+        paused = sorted(q.name for q in await picky.list_queues() if q.paused)
+    assert paused == ["Mail", "mail "]
+
+
+async def test_instances_follow_the_limits_the_cluster_declared(make_jobsd: MakeJobsD) -> None:
+    seen = Concurrency()
+
+    async def limited() -> None:
+        await seen.hold(0.1)
+
+    unaware = make_jobsd(workers=4)
+    unaware.register_job("limited", limited)  # registered without limits ...
+    declaring = make_jobsd(workers=0)  # ... until an instance that has them starts
+    declaring.register_job("limited", limited, max_running=1)
+    declaring._reconfigure(workers=1)
+    async with unaware, declaring:
+        dispatcher = unaware._runner.dispatcher  # type: ignore[union-attr]
+        await eventually(lambda: "limited" in dispatcher._limited, what="a poll")
+        ids = [await unaware.create_run("limited").run() for _ in range(6)]
+        states = [await unaware.wait_for_run(i, timeout=30) for i in ids]
+    assert {s.status for s in states} == {RunStatus.SUCCEEDED}
+    assert seen.most == 1
+
+
+async def test_a_running_run_without_a_key_counts_against_the_limit(make_jobsd: MakeJobsD) -> None:
+    owner = make_jobsd(workers=0)  # alive: its running row is not taken over
+    owner.register_job("mark", lambda: None)
+    worker = make_jobsd(workers=3)
+    worker.register_job("h", lambda: "ran", max_running=1)
+    worker.register_job("mark", lambda: None)
+    async with owner, worker:
+        # As a run started before the upgrade to schema version 6 is: running, without a key.
+        before = await insert_running_row(owner, job="h")
+        held = await worker.create_run("h").run()
+        # The worker claims the mark (created elsewhere), and tries "h" in the same claim.
+        await worker.wait_for_run(await owner.create_run("mark").run(), timeout=10)
+        assert (await worker.get_run_state(held)).status is RunStatus.PENDING
+        await complete_row(owner, before)
+        assert (await worker.wait_for_run(held, timeout=10)).result == "ran"
+
+
+async def test_a_limited_run_handed_back_is_left_alone(make_jobsd: MakeJobsD) -> None:
+    release = asyncio.Event()
+    new = make_jobsd(workers=1)
+    old = make_jobsd(workers=2)
+
+    @new.job(name="block")
+    async def block() -> None:
+        await release.wait()
+
+    new.register_job("lim", lambda x: x, max_running=5)
+    old.register_job("lim", lambda: None, max_running=5)  # the version before `x`
+    old.register_job("tick", lambda: None)
+    producer = make_jobsd(workers=0)  # its ticks make the old instance claim (not start directly)
+    producer.register_job("tick", lambda: None)
+    async with new, old, producer:
+        blocking = await new.create_run("block").run()
+        await eventually(lambda: len(new._runner.pool.running()) == 1, what="block runs")  # type: ignore[union-attr]
+        run_id = await new.create_run("lim", 7).run()  # no free slot here: it waits, pending
+        # The old version claims it, cannot run it and hands it back; the run is due again a
+        # second later.  Keep the old instance claiming for longer than that.
+        await eventually(lambda: old.instance.runs_started == 1, what="the old version's claim")
+        ticks = 0
+        for _ in range(15):
+            await old.wait_for_run(await producer.create_run("tick").run(), timeout=10)
+            ticks += 1
+            await asyncio.sleep(0.1)
+        release.set()
+        assert (await new.wait_for_run(run_id, timeout=10)).result == 7
+        await new.wait_for_run(blocking, timeout=10)
+        started_by_old = old.instance.runs_started
+    assert started_by_old == ticks + 1, "the handed-back run was claimed again"

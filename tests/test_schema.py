@@ -193,6 +193,8 @@ async def test_runs_made_by_0_1_0_survive_the_upgrade_and_run(
 
     assert {name: s.status for name, s in states.items()} == dict.fromkeys(states, RunStatus.SUCCEEDED)
     assert states["pending"].result == "pending"
+    # Routing came with version 6: runs made before it are in the default queue, at priority 0.
+    assert {(s.queue, s.priority) for s in (*states.values(), running)} == {("default", 0)}
     assert states["unique"].result == "unique" and states["unique"].name == "user-Alice"
     assert states["scheduled"].run_success_count == 2
     assert running.status is RunStatus.SUCCEEDED

@@ -6,6 +6,7 @@ latest row, the one its status comes from (no later row of the same chain exists
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,6 +118,7 @@ class InstanceRecord:
     last_seen_at: datetime | None
     shutdown_at: datetime | None
     created_at: datetime
+    queues: tuple[str, ...] | None = None  # the queues it takes runs from (None: all)
 
 
 async def instance_records(
@@ -160,9 +162,21 @@ async def instance_records(
                 last_seen_at=r["last_seen_at"],
                 shutdown_at=r["shutdown_at"],
                 created_at=r["created_at"],
+                queues=_queues(r["queues"]),
             )
         )
     return records
+
+
+def _queues(text: str | None) -> tuple[str, ...] | None:
+    """The stored JSON list of queue names (None, or anything else written by hand: all)."""
+    try:
+        names = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(names, list):
+        return None
+    return tuple(str(n) for n in names)
 
 
 def _names(text: str | None) -> tuple[str, ...]:

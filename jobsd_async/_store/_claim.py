@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import MAX_COUNT, MAX_DURATION, Limits
+from .._config import MAX_COUNT, MAX_DURATION, JobLimits
 from . import _limits
 from ._create import notify_new
 from ._rows import RunRow, Store, schedule_computable
@@ -93,8 +93,10 @@ async def claim_due(
     instance_id: int,
     avoid: Collection[int] = (),
     queues: Queues = None,
+    above: int | None = None,
 ) -> list[RunRow]:
-    """Claim up to ``limit`` pending rows of these jobs that are due by the database clock.
+    """Claim up to ``limit`` pending rows of these jobs that are due by the database clock
+    (with ``above``, only those of a higher priority).
 
     Claims pick the highest priority first, then the soonest due, skip rows another claimer
     has locked (``SKIP LOCKED``; SQLite has one writer at a time) and rows in paused queues
@@ -107,7 +109,9 @@ async def claim_due(
     params: dict[str, Any] = {"instance_id": instance_id, "limit": limit}
     if avoiding:
         params["avoid"] = list(avoid)
-    shape = (jobs, schedules, queues, avoiding)
+    if above is not None:
+        params["above"] = above
+    shape: _Shape = (jobs, schedules, queues, avoiding, above is not None)
     if not dialect.update_returning:
         return await _pick_then_claim(store, conn, shape, params)
     stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, *shape))
@@ -115,7 +119,9 @@ async def claim_due(
     return [RunRow.of(m) for m in result.mappings()]
 
 
-_Shape = tuple[tuple[str, ...], tuple[str, ...], Queues, bool]
+_Shape = tuple[tuple[str, ...], tuple[str, ...], Queues, bool, bool]
+"""What a claim statement is built for: jobs, schedules, queues, whether it avoids ids and
+whether it takes only priorities above a given one."""
 
 
 async def _pick_then_claim(
@@ -125,17 +131,25 @@ async def _pick_then_claim(
 
     (MySQL cannot select from the table an UPDATE changes, nor return what it changed.)
     """
-    jobs, schedules, queues, avoiding = shape
+    jobs, schedules, queues, avoiding, above = shape
     params.update(await _paused_params(store, conn))
     pick = store.statement(
         ("pick", *shape),
         lambda: pick_statement(
-            store, jobs, schedules, limit=bindparam("limit", type_=Integer), avoiding=avoiding, queues=queues
+            store,
+            jobs,
+            schedules,
+            limit=bindparam("limit", type_=Integer),
+            avoiding=avoiding,
+            queues=queues,
+            above=above,
         ).with_for_update(skip_locked=True),
     )
     ids = [int(i) for i in (await conn.execute(pick, params)).scalars()]
     paused = {k: v for k, v in params.items() if k == "paused"}
-    return await _claim_ids(store, conn, ids, params["instance_id"], (jobs, schedules, queues, False), paused)
+    return await _claim_ids(
+        store, conn, ids, params["instance_id"], (jobs, schedules, queues, False, False), paused
+    )
 
 
 async def _claim_ids(
@@ -178,13 +192,16 @@ def pick_statement(
     limit: int | BindParameter[int],
     avoiding: bool = False,
     queues: Queues = None,
+    above: bool = False,
 ) -> Select[Any]:
     """The ids a claim takes: claimable rows, highest priority and soonest first (without
-    the ``avoid`` ids)."""
+    the ``avoid`` ids; with ``above``, of a priority above the parameter ``above``)."""
     runs = store.runs
     stmt = select(runs.c.id).where(*_claimable(store, jobs, schedules, queues))
     if avoiding:
         stmt = stmt.where(runs.c.id.not_in(bindparam("avoid", expanding=True)))
+    if above:
+        stmt = stmt.where(runs.c.priority > bindparam("above", type_=Integer))
     return stmt.order_by(*_claim_order(store)).limit(limit)
 
 
@@ -262,12 +279,23 @@ def _claim_values(store: Store) -> dict[str, Any]:
 
 
 def _claim_statement(
-    store: Store, jobs: tuple[str, ...], schedules: tuple[str, ...], queues: Queues, avoiding: bool
+    store: Store,
+    jobs: tuple[str, ...],
+    schedules: tuple[str, ...],
+    queues: Queues,
+    avoiding: bool,
+    above: bool,
 ) -> Executable:
     """PostgreSQL and SQLite: pick and claim in one UPDATE that returns the claimed rows."""
     runs = store.runs
     chosen = pick_statement(
-        store, jobs, schedules, limit=bindparam("limit", type_=Integer), avoiding=avoiding, queues=queues
+        store,
+        jobs,
+        schedules,
+        limit=bindparam("limit", type_=Integer),
+        avoiding=avoiding,
+        queues=queues,
+        above=above,
     )
     stmt = update(runs)
     if store.dialect.is_postgresql:
@@ -286,6 +314,7 @@ def _claim_ids_statement(
     schedules: tuple[str, ...],
     queues: Queues,
     avoiding: bool,
+    above: bool,
     *,
     limited: bool,
 ) -> Executable:
@@ -305,15 +334,40 @@ def _claim_ids_statement(
     return stmt.returning(runs) if store.dialect.update_returning else stmt
 
 
+async def top_priority(
+    store: Store,
+    conn: AsyncConnection,
+    *,
+    jobs: Collection[str],
+    schedules: Collection[str],
+    queues: Queues = None,
+) -> int | None:
+    """The highest priority among claimable rows of these jobs (None: none is due)."""
+    runs = store.runs
+    shape: _Shape = (tuple(jobs), tuple(schedules), queues, False, False)
+    stmt = store.statement(
+        ("top priority", *shape),
+        lambda: (
+            select(runs.c.priority)
+            .where(*_claimable(store, *shape[:3]))
+            .order_by(*_claim_order(store))
+            .limit(1)
+        ),
+    )
+    found = (await conn.execute(stmt, await _paused_params(store, conn))).scalar()
+    return None if found is None else int(found)
+
+
 async def claim_limited(
     store: Store,
     conn: AsyncConnection,
     *,
     job: str,
-    limits: Limits,
+    limits: JobLimits,
     schedules: Collection[str],
     limit: int,
     instance_id: int,
+    avoid: Collection[int] = (),
     queues: Queues = None,
 ) -> Limited:
     """Claim up to ``limit`` due rows of ``job``, a job with limits, within those limits;
@@ -325,18 +379,68 @@ async def claim_limited(
     Runs count until they finish, however they finish: a dead instance's runs free their
     slots when they are taken over.
     """
+    # First: a read before the lock would fix MySQL's snapshot (REPEATABLE READ) before the
+    # previous holder's claims were committed, and count without them.
     await _limits.lock(store, conn, job, limits, instance_id=instance_id)
-    shape: _Shape = ((job,), tuple(schedules), queues, False)
-    chosen = store.statement(("limited pick", *shape, limits), lambda: _limited_pick(store, limits, *shape))
+    avoiding = bool(avoid)
+    shape: _Shape = ((job,), tuple(schedules), queues, avoiding, False)
     paused = await _paused_params(store, conn)
-    ids = [int(i) for i in (await conn.execute(chosen, {"limit": limit, **paused})).scalars()]
+    if avoiding:
+        paused = {**paused, "avoid": list(avoid)}
+    if not limits.per_key:
+        # Job-wide: count once, then take the soonest rows that fit, along the claim index.
+        free = await _free_slots(store, conn, job, limits)
+        if free < limit:
+            limit = free
+        chosen = store.statement(
+            ("limited pick", *shape),
+            lambda: pick_statement(
+                store,
+                (job,),
+                schedules,
+                limit=bindparam("limit", type_=Integer),
+                queues=queues,
+                avoiding=avoiding,
+            ),
+        )
+    else:
+        chosen = store.statement(
+            ("limited pick", *shape, limits), lambda: _limited_pick(store, limits, *shape)
+        )
+    ids = (
+        []
+        if limit <= 0
+        else [int(i) for i in (await conn.execute(chosen, {"limit": limit, **paused})).scalars()]
+    )
     claimed = await _claim_ids(store, conn, ids, instance_id, shape, paused, limited=True)
     if len(claimed) >= limit:
         return Limited(claimed, False)
     any_due = store.statement(
-        ("limited any due", *shape), lambda: select(exists().where(*_claimable(store, *shape[:3])))
+        ("limited any due", *shape),
+        lambda: select(
+            exists(pick_statement(store, (job,), schedules, limit=1, avoiding=avoiding, queues=queues))
+        ),
     )
     return Limited(claimed, bool((await conn.execute(any_due, paused)).scalar()))
+
+
+async def _free_slots(store: Store, conn: AsyncConnection, job: str, limits: JobLimits) -> int:
+    """How many more runs of ``job`` its job-wide limits let start now."""
+    runs, dialect = store.runs, store.dialect
+    started = (runs.c.job == job, runs.c.limit_key.is_not(None), runs.c.run_started_at.is_not(None))
+    free = MAX_COUNT
+    if limits.max_running is not None:
+        # Every running run counts, also one started without a key (before an upgrade).
+        busy = select(func.count()).where(
+            runs.c.job == job, runs.c.run_started_at.is_not(None), runs.c.run_completed_at.is_(None)
+        )
+        free = min(free, limits.max_running - int((await conn.execute(busy)).scalar() or 0))
+    if limits.rate is not None:
+        count, per = limits.rate
+        since = dialect.add_seconds(dialect.now(), literal(-per))
+        recent = select(func.count()).where(*started, runs.c.run_started_at > since)
+        free = min(free, count - int((await conn.execute(recent)).scalar() or 0))
+    return free
 
 
 class Limited(NamedTuple):
@@ -348,36 +452,37 @@ class Limited(NamedTuple):
 
 def _limited_pick(
     store: Store,
-    limits: Limits,
+    limits: JobLimits,
     jobs: tuple[str, ...],
     schedules: tuple[str, ...],
     queues: Queues,
     avoiding: bool,
+    above: bool,
 ) -> Select[Any]:
     """The ids a limited claim takes: claimable rows in claim order, each key's only while
     its running runs (and its starts in the rate window) stay within the limits."""
     runs, dialect = store.runs, store.dialect
     (job,) = jobs
     key = func.coalesce(runs.c.limit_key, "")
-    due = (
-        select(
-            runs.c.id,
-            runs.c.priority,
-            runs.c.run_at,
-            key.label("key"),
-            func.row_number().over(partition_by=key, order_by=_claim_order(store)).label("nth"),
-        )
-        .where(*_claimable(store, jobs, schedules, queues))
-        .subquery("due")
-    )
+    candidates = select(
+        runs.c.id,
+        runs.c.priority,
+        runs.c.run_at,
+        key.label("key"),
+        func.row_number().over(partition_by=key, order_by=_claim_order(store)).label("nth"),
+    ).where(*_claimable(store, jobs, schedules, queues))
+    if avoiding:
+        candidates = candidates.where(runs.c.id.not_in(bindparam("avoid", expanding=True)))
+    due = candidates.subquery("due")
     stmt = select(due.c.id).select_from(due)
     started = runs.c.run_started_at.is_not(None)
     per_key = runs.c.job == job, runs.c.limit_key.is_not(None), started
     if limits.max_running is not None:
+        # Every running run counts, also one started without a key (before an upgrade).
         busy = (
-            select(runs.c.limit_key, func.count().label("n"))
-            .where(*per_key, runs.c.run_completed_at.is_(None))
-            .group_by(runs.c.limit_key)
+            select(key.label("limit_key"), func.count().label("n"))
+            .where(runs.c.job == job, started, runs.c.run_completed_at.is_(None))
+            .group_by(key)
             .subquery("busy")
         )
         stmt = stmt.outerjoin(busy, busy.c.limit_key == due.c.key).where(

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import MAX_NAME_LENGTH, Config, Limits
+from .._config import MAX_NAME_LENGTH, Config, JobLimits
 from . import _limits, _periodic
 from ._resurrect import instance_gone
 from ._rows import Store
@@ -35,12 +35,12 @@ async def register(
     jobs: Mapping[str, str],
     schedules: list[str],
     periodic: Collection[str] = (),
-    limits: Mapping[str, Limits] | None = None,
+    limits: Mapping[str, JobLimits | None] | None = None,
 ) -> int:
     """Insert this instance's row and declare the limits of its jobs; return its id.
 
     ``jobs`` maps each job to its fingerprint; ``periodic`` names the jobs declared periodic;
-    ``limits`` gives the jobs with limits theirs.
+    ``limits`` gives each job its limits (None: it has none).
     """
     now = store.dialect.now()
     result = await conn.execute(
@@ -67,8 +67,8 @@ async def register(
     )
     instance_id = int(result.inserted_primary_key[0])  # type: ignore[index]
     if config.workers > 0:
-        for job, job_limits in (limits or {}).items():
-            await _limits.declare(store, conn, job, job_limits, instance_id=instance_id)
+        for job, declared in (limits or {}).items():
+            await _limits.declare(store, conn, job, declared, instance_id=instance_id)
     return instance_id
 
 

@@ -1,30 +1,32 @@
 """``{prefix}limits``: the limits of jobs, as the instances running them declare them.
 
-Each limited job has a row.  Instances write it when they start (for operators: what limits
-are in force, and who said so), and a claim of the job's runs locks it, so claims of one
-limited job take turns across the cluster.
+Each limited job has a row, and the row is what every instance enforces.  An instance with
+workers declares its jobs' limits when it starts (and withdraws those of its jobs that have
+none), so the last instance to start decides, as with the code of periodic jobs; the others
+read the rows at every poll.  A claim of a limited job's runs locks its row, so claims of
+one limited job take turns across the cluster.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Executable, select
+from sqlalchemy import Executable, delete, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .._config import Limits
+from .._config import JobLimits
 from ._rows import Store
 
 
-def _values(store: Store, job: str, limits: Limits, instance_id: int) -> dict[str, Any]:
+def _values(store: Store, job: str, limits: JobLimits, instance_id: int) -> dict[str, Any]:
     count, per = limits.rate if limits.rate is not None else (None, None)
     return {
         "job": job,
         "max_running": limits.max_running,
         "rate_count": count,
         "rate_period": per,
-        "per_key": limits.key is not None,
+        "per_key": limits.per_key,
         "declared_by": instance_id,
         "declared_at": store.dialect.now(),
     }
@@ -46,12 +48,33 @@ def _upsert(store: Store, values: dict[str, Any], *, replace: bool) -> Executabl
     return stmt.on_conflict_do_nothing(index_elements=[table.c.job])  # type: ignore[no-any-return]
 
 
-async def declare(store: Store, conn: AsyncConnection, job: str, limits: Limits, *, instance_id: int) -> None:
-    """Record ``job``'s limits as this instance has them."""
-    await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=True))
+async def declare(
+    store: Store, conn: AsyncConnection, job: str, limits: JobLimits | None, *, instance_id: int
+) -> None:
+    """Record ``job``'s limits as this instance has them (None: it has none)."""
+    if limits is None:
+        await conn.execute(delete(store.limits).where(store.limits.c.job == job))
+    else:
+        await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=True))
 
 
-async def lock(store: Store, conn: AsyncConnection, job: str, limits: Limits, *, instance_id: int) -> None:
+async def read(store: Store, conn: AsyncConnection, jobs: list[str]) -> dict[str, JobLimits]:
+    """The limits in force for these jobs (those that have any)."""
+    if not jobs:
+        return {}
+    table = store.limits
+    stmt = select(table.c.job, table.c.max_running, table.c.rate_count, table.c.rate_period, table.c.per_key)
+    found = {}
+    for job, max_running, rate_count, rate_period, per_key in await conn.execute(
+        stmt.where(table.c.job.in_(jobs))
+    ):
+        limits = JobLimits.stored(max_running, rate_count, rate_period, per_key)
+        if limits is not None and job in jobs:
+            found[str(job)] = limits
+    return found
+
+
+async def lock(store: Store, conn: AsyncConnection, job: str, limits: JobLimits, *, instance_id: int) -> None:
     """Lock ``job``'s row until the transaction ends (creating it if it is missing)."""
     table = store.limits
     if store.dialect.is_sqlite:

@@ -134,12 +134,13 @@ def _run_indexes(table: str, at: int) -> list[Index]:
             # The claim: pending rows, highest priority first, then in due order.
             partial("claim", literal_column("priority").desc(), "run_at", "id", where=pending),
             composite("claim", "run_started_at", literal_column("priority").desc(), "run_at"),
-            # Limited jobs: their running runs, and their starts in a rate limit's window, per key.
+            # Limited jobs: their running runs (all running runs, so that one started without a
+            # key counts too), and their starts in a rate limit's window, per key.
             partial(
                 "running_key",
                 "job",
                 "limit_key",
-                where="limit_key IS NOT NULL AND run_started_at IS NOT NULL AND run_completed_at IS NULL",
+                where="run_started_at IS NOT NULL AND run_completed_at IS NULL",
             ),
             composite("running_key", "run_completed_at", "job", "limit_key", "run_started_at"),
             partial(

@@ -45,7 +45,19 @@ def instances(app: str | None, url: str | None, table_prefix: str, include_gone:
             print_json(records)
             return
         print_table(
-            ["ID", "HOST", "PID", "ALIVE", "WORKERS", "RUNNING", "STARTED", "ERRORS", "LAST SEEN", "JOBS"],
+            [
+                "ID",
+                "HOST",
+                "PID",
+                "ALIVE",
+                "WORKERS",
+                "RUNNING",
+                "STARTED",
+                "ERRORS",
+                "LAST SEEN",
+                "QUEUES",
+                "JOBS",
+            ],
             [
                 [
                     r.id,
@@ -57,6 +69,7 @@ def instances(app: str | None, url: str | None, table_prefix: str, include_gone:
                     r.runs_started,
                     r.runs_errors,
                     when(r.last_seen_at),
+                    "(all)" if r.queues is None else cut(", ".join(r.queues), 30),
                     cut(", ".join(r.supported_jobs), 40),
                 ]
                 for r in records
