@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ._codec import decode_result
-from ._config import check_name, check_table_prefix
+from ._config import JobLimits, check_name, check_table_prefix
 from ._errors import RunNotFoundError
 from ._queues_api import set_paused
 from ._runs import RunState, RunStatus
-from ._store import _browse, _cancel, _create, _migrations, _prune, _queues
-from ._store._browse import InstanceRecord, RunFilter
+from ._store import _browse, _cancel, _create, _limits, _migrations, _prune, _queues, _stats
+from ._store._browse import InstanceRecord, JobBacklog, RunFilter
 from ._store._dialect import Dialect, wrap_errors
 from ._store._queues import QueueInfo
 from ._store._rows import RunRow, Store
 from ._store._schema import build_tables
+from ._store._stats import Activity
 
 OPERATOR = 0  # ``created_by`` of runs an operator created (no instance has id 0)
 _MAX_ID = 2**63 - 1
@@ -174,6 +175,36 @@ class Admin:
         )
         return int(run_id)
 
+    async def run_now(self, run_id: int) -> bool:
+        """Make a run's pending attempt due now; False if it is not pending and due later."""
+        chain = await self.chain(run_id)
+        store = await self.store()
+        latest = chain.rows[-1].id
+        return bool(
+            await wrap_errors(
+                store.dialect.retrying(lambda conn: _stats.run_now(store, conn, latest)),
+                "making a run due now",
+            )
+        )
+
+    async def upcoming(self, *, limit: int = 50) -> list[RunRow]:
+        """Pending attempts not due yet, soonest first."""
+        return list(
+            await self._read(
+                "listing upcoming runs", lambda store, conn: _browse.upcoming_rows(store, conn, limit=limit)
+            )
+        )
+
+    async def activity(self, window: timedelta) -> Activity:
+        """What finished within ``window``: by job and outcome, per minute, start delays."""
+        return await self._read(  # type: ignore[no-any-return]
+            "reading activity", lambda store, conn: _stats.activity(store, conn, window=window)
+        )
+
+    async def backlog(self) -> dict[str, JobBacklog]:
+        """Pending and running runs by job, with each job's oldest due pending run's age."""
+        return await self._read("reading the backlog", _browse.backlog_by_job)  # type: ignore[no-any-return]
+
     # ---------------------------------------------------------------- queues
 
     async def pause_queue(self, queue: str) -> bool:
@@ -187,6 +218,12 @@ class Admin:
     async def queues(self) -> list[QueueInfo]:
         """The queues that hold unfinished runs or have been paused, by name."""
         return list(await self._read("listing queues", _queues.list_queues))
+
+    async def limits(self) -> dict[str, JobLimits]:
+        """The limits in force, by job."""
+        return await self._read(  # type: ignore[no-any-return]
+            "reading limits", lambda store, conn: _limits.read(store, conn, None)
+        )
 
     # ---------------------------------------------------------------- instances and upkeep
 

@@ -28,6 +28,8 @@ class RunFilter:
     job: str | None = None
     name: str | None = None
     queue: str | None = None  # of the chain's latest row
+    args: str | None = None  # text the arguments contain (as stored: JSON)
+    scheduled: bool = False  # only chains on a schedule
     since: datetime | None = None  # created at or after (the chain's first row)
     until: datetime | None = None  # created before
     before: int | None = None  # run ids below this one (the next page, newest first)
@@ -72,12 +74,40 @@ async def latest_rows(store: Store, conn: AsyncConnection, filters: RunFilter, *
         stmt = stmt.where(row.c.name == filters.name)
     if filters.queue is not None:
         stmt = stmt.where(row.c.queue == filters.queue)
+    if filters.args:
+        stmt = stmt.where(or_(*(_contains(row, text) for text in _stored_forms(filters.args))))
+    if filters.scheduled:
+        stmt = stmt.where(row.c.schedule.is_not(None))
     if filters.since is not None:
         stmt = stmt.where(root.c.created_at >= filters.since)
     if filters.until is not None:
         stmt = stmt.where(root.c.created_at < filters.until)
     if filters.before is not None:
         stmt = stmt.where(chain < filters.before)
+    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
+
+
+def _stored_forms(text: str) -> list[str]:
+    """``text`` as it may appear in stored JSON: as typed, and with non-ASCII escaped."""
+    escaped = json.dumps(text)[1:-1]
+    return list(dict.fromkeys([text, escaped]))
+
+
+def _contains(row: Any, text: str) -> ColumnElement[bool]:
+    return or_(
+        row.c.job_args.contains(text, autoescape=True), row.c.job_kwargs.contains(text, autoescape=True)
+    )
+
+
+async def upcoming_rows(store: Store, conn: AsyncConnection, *, limit: int) -> list[RunRow]:
+    """Pending rows not due yet, soonest first (scheduled runs' next ticks, delayed runs)."""
+    runs = store.runs
+    stmt = (
+        select(runs)
+        .where(status_condition(store, RunStatus.PENDING), runs.c.run_at > store.dialect.now())
+        .order_by(runs.c.run_at, runs.c.id)
+        .limit(limit)
+    )
     return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
 
 

@@ -58,18 +58,18 @@ async def declare(
         await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=True))
 
 
-async def read(store: Store, conn: AsyncConnection, jobs: list[str]) -> dict[str, JobLimits]:
-    """The limits in force for these jobs (those that have any)."""
-    if not jobs:
+async def read(store: Store, conn: AsyncConnection, jobs: list[str] | None) -> dict[str, JobLimits]:
+    """The limits in force for these jobs (None: every job), of those that have any."""
+    if jobs is not None and not jobs:
         return {}
     table = store.limits
     stmt = select(table.c.job, table.c.max_running, table.c.rate_count, table.c.rate_period, table.c.per_key)
+    if jobs is not None:
+        stmt = stmt.where(table.c.job.in_(jobs))
     found = {}
-    for job, max_running, rate_count, rate_period, per_key in await conn.execute(
-        stmt.where(table.c.job.in_(jobs))
-    ):
+    for job, max_running, rate_count, rate_period, per_key in await conn.execute(stmt.order_by(table.c.job)):
         limits = JobLimits.stored(max_running, rate_count, rate_period, per_key)
-        if limits is not None and job in jobs:
+        if limits is not None and (jobs is None or job in jobs):
             found[str(job)] = limits
     return found
 
