@@ -15,6 +15,7 @@ import click
 
 from .. import __version__
 from ._cluster import healthcheck, instances, prune
+from ._dashboard import dashboard
 from ._queues import queues
 from ._runs import runs
 from ._schema import schema
@@ -55,5 +56,5 @@ def main(verbose: bool) -> None:
         threading.excepthook = _quiet
 
 
-for command in (worker, runs, queues, instances, prune, healthcheck, schema):
+for command in (worker, runs, queues, instances, prune, healthcheck, schema, dashboard):
     main.add_command(command)

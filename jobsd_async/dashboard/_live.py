@@ -1,0 +1,121 @@
+"""Live updates: a feed that tells the dashboard's pages when the cluster's state changed.
+
+One feed per dashboard, shared by every open page (server-sent events).  While anyone
+listens, it compares a small fingerprint of the tables every ``interval`` (the newest run,
+running runs, the latest completion, the latest queue change); on PostgreSQL it also
+LISTENs to the instances' announcements of new and finished runs and checks at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import func, select
+
+from .._admin import Admin
+from .._store._rows import Store
+
+_log = logging.getLogger("jobsd_async.dashboard")
+
+
+class ChangeFeed:
+    """Versions of the cluster's state, counted up whenever it changes."""
+
+    def __init__(self, admin: Admin, *, interval: float) -> None:
+        self._admin = admin
+        self._interval = interval
+        self._version = 0
+        self._changed = asyncio.Event()
+        self._listeners = 0
+        self._task: asyncio.Task[None] | None = None
+        self._poke = asyncio.Event()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[None]:
+        """While inside, the feed watches the database."""
+        self._listeners += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="jobsd dashboard feed")
+        try:
+            yield
+        finally:
+            self._listeners -= 1
+            if not self._listeners and self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+                self._task = None
+
+    async def next_change(self, seen: int, timeout: float) -> int:
+        """The version after ``seen``, once there is one (or ``seen`` after ``timeout``)."""
+        if self._version != seen:
+            return self._version
+        changed = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+        return self._version
+
+    def _bump(self) -> None:
+        self._version += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _watch(self) -> None:
+        store = await self._admin.store()
+        last: tuple[Any, ...] | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            if store.dialect.is_postgresql:
+                try:
+                    await stack.enter_async_context(self._notifications(store))
+                except Exception as exc:  # polling still works
+                    _log.warning("jobsd dashboard: not listening for notifications: %s", exc)
+            while True:
+                current: tuple[Any, ...] | None
+                try:
+                    current = await self._fingerprint(store)
+                except Exception as exc:
+                    _log.warning("jobsd dashboard: cannot read the state: %s", exc)
+                    current = last
+                if last is not None and current != last:
+                    self._bump()
+                last = current
+                self._poke.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poke.wait(), self._interval)
+
+    @contextlib.asynccontextmanager
+    async def _notifications(self, store: Store) -> AsyncIterator[None]:
+        async with store.dialect.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            channels = (store.new_channel, store.done_channel)
+
+            def poke(*_: object) -> None:
+                self._poke.set()
+
+            for channel in channels:
+                await driver.add_listener(channel, poke)
+            try:
+                yield
+            finally:
+                for channel in channels:
+                    with contextlib.suppress(Exception):
+                        await driver.remove_listener(channel, poke)
+
+    async def _fingerprint(self, store: Store) -> tuple[Any, ...]:
+        runs, queues = store.runs, store.queues
+        running = runs.c.run_started_at.is_not(None) & runs.c.run_completed_at.is_(None)
+        async with store.dialect.reading() as conn:
+            newest = (await conn.execute(select(func.max(runs.c.id)))).scalar()
+            busy = (await conn.execute(select(func.count()).where(running))).scalar()
+            finished = (await conn.execute(select(func.max(runs.c.run_completed_at)))).scalar()
+            paused = (await conn.execute(select(func.max(queues.c.updated_at)))).scalar()
+        return newest, busy, finished, paused
