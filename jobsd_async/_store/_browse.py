@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._runs import CANCELLED_TEXT, TIMED_OUT_TEXT, RunStatus
@@ -53,35 +53,68 @@ def status_condition(store: Store, status: RunStatus, row: Any = None) -> Column
 
 
 async def latest_rows(store: Store, conn: AsyncConnection, filters: RunFilter, *, limit: int) -> list[RunRow]:
-    """The latest row of each chain that matches ``filters``, newest chain first."""
+    """The latest row of each chain that matches ``filters``, newest chain first.
+
+    Pending and running chains are found through their (small) indexes.  Otherwise chains
+    are walked newest first along the primary key, each one's latest row looked up through
+    the follow-ups' index, until ``limit`` match: a page costs the same with a million
+    finished rows (a filter that matches few of them walks further).
+    """
+    if filters.status in (RunStatus.PENDING, RunStatus.RUNNING):
+        return await _open_latest_rows(store, conn, filters, limit=limit)
     runs = store.runs
-    row = runs.alias("r")
-    later = runs.alias("later")
-    root = runs.alias("root")
+    root, latest, follow = runs.alias("root"), runs.alias("r"), runs.alias("follow")
+    last = select(func.max(follow.c.id)).where(follow.c.origin_id == root.c.id).scalar_subquery()
+    stmt = (
+        select(latest)
+        .select_from(root.join(latest, latest.c.id == func.coalesce(last, root.c.id)))
+        .where(root.c.origin_id.is_(None), *_chain_filters(root, filters))
+        .order_by(root.c.id.desc())
+        .limit(limit)
+    )
+    if filters.status is not None:
+        stmt = stmt.where(status_condition(store, filters.status, latest))
+    if filters.before is not None:
+        stmt = stmt.where(root.c.id < filters.before)
+    return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
+
+
+def _chain_filters(row: Any, filters: RunFilter) -> list[ColumnElement[bool]]:
+    """Conditions on what every row of a chain shares (its job, name, queue and arguments)
+    and on its first row (its creation)."""
+    conditions: list[ColumnElement[bool]] = []
+    if filters.job is not None:
+        conditions.append(row.c.job == filters.job)
+    if filters.name is not None:
+        conditions.append(row.c.name == filters.name)
+    if filters.queue is not None:
+        conditions.append(row.c.queue == filters.queue)
+    if filters.args:
+        conditions.append(or_(*(_contains(row, text) for text in _stored_forms(filters.args))))
+    if filters.scheduled:
+        conditions.append(row.c.schedule.is_not(None))
+    if filters.since is not None:
+        conditions.append(row.c.created_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(row.c.created_at < filters.until)
+    return conditions
+
+
+async def _open_latest_rows(
+    store: Store, conn: AsyncConnection, filters: RunFilter, *, limit: int
+) -> list[RunRow]:
+    """Pending or running chains (their latest row is the open one), newest chain first."""
+    assert filters.status is not None
+    runs = store.runs
+    row, root = runs.alias("r"), runs.alias("root")
     chain = func.coalesce(row.c.origin_id, row.c.id)
     stmt = (
         select(row)
         .join(root, root.c.id == chain)
-        .where(~exists().where(later.c.origin_id == chain, later.c.id > row.c.id))
+        .where(status_condition(store, filters.status, row), *_chain_filters(root, filters))
         .order_by(chain.desc())
         .limit(limit)
     )
-    if filters.status is not None:
-        stmt = stmt.where(status_condition(store, filters.status, row))
-    if filters.job is not None:
-        stmt = stmt.where(row.c.job == filters.job)
-    if filters.name is not None:
-        stmt = stmt.where(row.c.name == filters.name)
-    if filters.queue is not None:
-        stmt = stmt.where(row.c.queue == filters.queue)
-    if filters.args:
-        stmt = stmt.where(or_(*(_contains(row, text) for text in _stored_forms(filters.args))))
-    if filters.scheduled:
-        stmt = stmt.where(row.c.schedule.is_not(None))
-    if filters.since is not None:
-        stmt = stmt.where(root.c.created_at >= filters.since)
-    if filters.until is not None:
-        stmt = stmt.where(root.c.created_at < filters.until)
     if filters.before is not None:
         stmt = stmt.where(chain < filters.before)
     return [RunRow.of(m) for m in (await conn.execute(stmt)).mappings()]
