@@ -16,8 +16,10 @@ from conftest import MakeJobsD, eventually, fetch_runs
 from dashboard_server import served
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from jobsd_async import JobsD, RunInfo, RunStatus
+from jobsd_async import JobsD, RunInfo, RunStatus, every
+from jobsd_async._admin import Admin
 from jobsd_async.dashboard import create_dashboard
+from jobsd_async.dashboard._live import ChangeFeed
 
 JOBSD = (sys.executable, "-m", "jobsd_async")
 HOSTILE = "<script>alert('x')</script> \"quoted\" & 'single'"
@@ -141,7 +143,8 @@ async def test_actions_change_the_runs_and_need_the_csrf_token(cluster: JobsD) -
         assert (await cluster.get_run_state(ids["pending"])).status is RunStatus.PENDING
 
         cancelled = await c.post(f"/runs/{ids['pending']}/cancel", data={"csrf": token})
-        assert cancelled.status_code == 303 and "msg=cancelled" in cancelled.headers["location"]
+        assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/runs/{ids['pending']}"
+        assert await message(c, cancelled) == "cancelled"
         assert (await cluster.get_run_state(ids["pending"])).status is RunStatus.CANCELLED
 
         retried = await c.post(f"/runs/{ids['failed']}/retry", data={"csrf": token})
@@ -153,15 +156,40 @@ async def test_actions_change_the_runs_and_need_the_csrf_token(cluster: JobsD) -
         assert (await cluster.wait_for_run(later, timeout=10)).result == "soon"
 
         paused = await c.post("/queues/pause", data={"csrf": token, "queue": "mail"})
-        assert "queue+mail+paused" in paused.headers["location"]
+        assert await message(c, paused) == "queue mail paused"
         assert [q.name for q in await cluster.list_queues() if q.paused] == ["mail"]
         await c.post("/queues/resume", data={"csrf": token, "queue": "mail"})
         assert not [q for q in await cluster.list_queues() if q.paused]
 
         waiting = [await cluster.create_run("echo", f"w{i}").queue("bulk").run_after(3600) for i in range(3)]
         bulk = await c.post("/runs/bulk", data={"csrf": token, "queue": "bulk", "action": "cancel"})
-        assert "3+runs+cancelled" in bulk.headers["location"]
+        assert await message(c, bulk) == "3 runs cancelled"
+        # Retrying the same selection retries none of them: cancelled runs stay cancelled.
+        again = await c.post("/runs/bulk", data={"csrf": token, "queue": "bulk", "action": "retry"})
+        assert await message(c, again) == "0 runs retried"
+        assert (await cluster.wait_for_run(new, timeout=10)).status is RunStatus.FAILED
+        chains_before = await chains_of(cluster, "fail")
+        failed_again = await c.post("/runs/bulk", data={"csrf": token, "job": "fail", "action": "retry"})
+        # Two failed chains share a unique name: while the first one's retry is pending, the
+        # second's is the same run; once it has run, a new one.
+        retried_count = int((await message(c, failed_again)).split()[0])
+        assert retried_count in (1, 2)
+        assert await chains_of(cluster, "fail") == chains_before + retried_count
     assert {(await cluster.get_run_state(i)).status for i in waiting} == {RunStatus.CANCELLED}
+
+
+async def chains_of(jd: JobsD, job: str) -> int:
+    return len({r["origin_id"] or r["id"] for r in await fetch_runs(jd) if r["job"] == job})
+
+
+async def message(c: httpx.AsyncClient, redirect: httpx.Response) -> str:
+    """The message an action left for the page it redirected to (shown once)."""
+    assert redirect.status_code == 303, redirect.text
+    page = await c.get(redirect.headers["location"])
+    found = re.search(r'<p class="message">([^<]*)</p>', page.text)
+    assert found, "no message"
+    assert '<p class="message">' not in (await c.get(redirect.headers["location"])).text  # once
+    return found.group(1)
 
 
 @pytest.mark.parametrize(
@@ -228,6 +256,63 @@ async def test_enqueue_creates_the_run(cluster: JobsD) -> None:
     assert (state.result, state.queue, state.priority) == ("hi", "q", 3)
 
 
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/runs/%C2%B2", 404),  # a superscript two: a digit, not an id
+        ("/runs/%D9%A1", 404),  # an Arabic-Indic one
+        ("/runs/99999999999999999999", 404),
+        ("/runs/0", 404),
+        ("/runs?before=%C2%B2", 400),
+        ("/runs?before=9999999999999999999", 400),
+        ("/runs?job=a%00b", 400),
+        ("/runs?args=" + "x" * 1001, 400),
+        ("/runs?since=0001-01-01T00:00:00%2B14:00", 400),
+        ("/runs?until=9999-12-31T23:59:59-14:00", 400),
+        ("/runs?status=lost", 400),
+    ],
+)
+async def test_odd_requests_get_an_answer_not_an_error(cluster: JobsD, path: str, status: int) -> None:
+    async with client(create_dashboard(cluster)) as c:
+        answer = await c.get(path)
+        posted = await c.post(path + "/cancel", data={"csrf": await csrf(c)}) if status == 404 else None
+    assert answer.status_code == status, answer.text[:300]
+    assert "SELECT" not in answer.text
+    assert posted is None or posted.status_code == 404
+
+
+async def test_deeply_nested_arguments_are_refused(cluster: JobsD) -> None:
+    async with client(create_dashboard(cluster)) as c:
+        answer = await c.post("/enqueue", data={"csrf": await csrf(c), "job": "echo", "args": "[" * 100_000})
+    assert answer.status_code == 400 and "nested" in answer.text
+    assert await fetch_runs(cluster) == []
+
+
+async def test_active_scheduled_chains_are_listed_however_many_ended(cluster: JobsD) -> None:
+    active = await cluster.create_run("echo", "tick").schedule(every(3600)).run()
+    ended = [await cluster.create_run("echo", f"e{i}").schedule(every(3600)).run() for i in range(5)]
+    for run_id in ended:
+        await cluster.cancel_run(run_id)
+    async with client(create_dashboard(cluster)) as c:
+        page = await c.get("/schedules")
+    listed = re.findall(r'<td><a href="/runs/(\d+)">', page.text.split("Coming up")[0])
+    assert listed == [str(active)]
+
+
+async def test_the_feed_keeps_watching_when_a_page_opens_as_another_closes(cluster: JobsD) -> None:
+    feed = ChangeFeed(Admin(cluster.engine, table_prefix=cluster._config.table_prefix), interval=0.05)
+    first = feed.listening()
+    await first.__aenter__()
+    leaving = asyncio.ensure_future(first.__aexit__(None, None, None))
+    await asyncio.sleep(0)  # the first page is leaving: its watcher is being stopped
+    async with feed.listening():
+        await leaving
+        seen = feed.version
+        await asyncio.sleep(0.2)  # a first fingerprint
+        await cluster.create_run("echo", "x").run_after(3600)
+        assert await feed.next_change(seen, 5) != seen, "the feed stopped watching"
+
+
 async def test_the_event_stream_announces_changes(cluster: JobsD) -> None:
     app = create_dashboard(cluster, live_interval=0.1)
     async with (
@@ -282,6 +367,8 @@ async def test_jobsd_dashboard_serves_it_with_basic_auth(cluster: JobsD, databas
             assert page.status_code == 401
             page = await c.get("/runs", auth=("ops", "s3cret"))
             assert page.status_code == 200 and "read-only" in page.text
+            rebound = await c.get("/runs", auth=("ops", "s3cret"), headers={"Host": "evil.example"})
+            assert rebound.status_code == 400  # a name it does not answer to: DNS rebinding fails
     finally:
         server.terminate()
         await server.wait()

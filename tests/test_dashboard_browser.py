@@ -131,7 +131,7 @@ async def drive(
     other_page.on("dialog", on_dialog)
     await other_page.goto(url + f"/runs/{waiting}")
     await other_page.click("form[action$='/cancel'] button")
-    await other_page.wait_for_url(f"**/runs/{waiting}?msg=cancelled")
+    await other_page.locator("p.message", has_text="cancelled").wait_for(timeout=10_000)
     await page.wait_for_function(
         "document.querySelector('h1 .status').textContent === 'cancelled'", timeout=10_000
     )
@@ -146,6 +146,11 @@ async def drive(
     await jd.cancel_run(other)
     await page.locator(f"a[href$='/runs/{other}']").wait_for(state="detached", timeout=10_000)
     assert await page.evaluate("window.notReloaded") is True
+
+    # Back, after live refreshes, shows the whole page again (not a cached refresh).
+    await page.goto(url + "/queues")
+    await page.go_back()
+    assert await page.locator("header nav").count() == 1
 
     assert [d for d in dialogs if not d.startswith("confirm")] == [], "a script of a hostile value ran"
     assert any(d.startswith("confirm: Cancel run") for d in dialogs)

@@ -27,6 +27,16 @@ from ._common import Usage, database_options, load_app, run
     help="Pages only: no actions.",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    envvar="JOBSD_DASHBOARD_ALLOWED_HOSTS",
+    show_envvar=True,
+    help="A host name the dashboard answers to (repeat it; default: localhost names and --host). "
+    "Anything else gets 400, which also defeats DNS rebinding.",
+)
+@click.option(
     "--basic-auth",
     metavar="USER:PASSWORD",
     envvar="JOBSD_DASHBOARD_AUTH",
@@ -40,6 +50,7 @@ def dashboard(
     host: str,
     port: int,
     read_only: bool,
+    allowed_hosts: tuple[str, ...],
     basic_auth: str | None,
 ) -> None:
     """Serve the web dashboard of the cluster on HOST:PORT until interrupted.
@@ -65,6 +76,8 @@ def dashboard(
     async def serve() -> None:
         from sqlalchemy.ext.asyncio import create_async_engine
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
         from starlette.routing import Mount
 
         if app is not None:
@@ -96,15 +109,33 @@ def dashboard(
                     await jd.down()
                 await engine.dispose()
 
+        hosts = list(allowed_hosts) or _default_hosts(host)
+        outer = Starlette(
+            routes=[Mount("/", inner)],
+            middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+            lifespan=lifespan,
+        )
         server = uvicorn.Server(
-            uvicorn.Config(
-                Starlette(routes=[Mount("/", inner)], lifespan=lifespan),
-                host=host,
-                port=port,
-                log_level="warning",
-            )
+            uvicorn.Config(outer, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
         )
         click.echo(f"jobsd dashboard on http://{host}:{port}/ ({'read-only' if read_only else 'admin'})")
+        if credentials is None and not read_only and host not in _LOOPBACK:
+            click.echo(
+                "  warning: anyone who reaches this address can act on your runs: "
+                "add --basic-auth (behind TLS) or --read-only",
+                err=True,
+            )
         await server.serve()
 
     run(serve())
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _default_hosts(host: str) -> list[str]:
+    """The host names the dashboard answers to unless told: the loopback ones, and the
+    address it listens on (any name, if it listens on every address)."""
+    if host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return list(dict.fromkeys([*_LOOPBACK, "[::1]", host]))

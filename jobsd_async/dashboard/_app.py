@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 import jinja2
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,18 +24,29 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .._admin import RETRYABLE, Admin
-from .._config import DEFAULT_TABLE_PREFIX, check_name
+from .._config import DEFAULT_TABLE_PREFIX, MAX_NAME_LENGTH, check_name
 from .._errors import JobsDError, RunNotFoundError
 from .._jobsd import JobsD
 from .._runs import RunState, RunStatus
 from .._store._browse import RunFilter
+from .._text import is_storable
 from ._live import ChangeFeed
 from ._security import CSRF_COOKIE, CSRF_FIELD, Access, Authorize, access_of, csrf_ok, csrf_token
 
 _HERE = Path(__file__).parent
 PAGE_SIZE = 50
 BULK_LIMIT = 500  # runs one bulk action changes at most
+BULK_STATUSES = {
+    "cancel": [RunStatus.PENDING, RunStatus.RUNNING],
+    "retry": [RunStatus.FAILED, RunStatus.TIMED_OUT],
+}
+MAX_FORM = 1_000_000  # bytes of a form
+MAX_ID = 2**63 - 1  # the largest id a BIGINT column holds
+PARTIAL_HEADER = "X-Jobsd-Partial"  # asks for a page's main part only (live refreshes)
+FLASH_COOKIE = "jobsd_flash"  # the message an action leaves for the page it redirects to
 _KEEPALIVE = 15.0  # seconds between comments on a quiet event stream
+_STREAM_LIFETIME = 300.0  # seconds an event stream lasts before the browser reconnects
+_log = logging.getLogger("jobsd_async.dashboard")
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,10 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
             if request.method == "POST":
                 if access is not Access.ADMIN:
                     return Response("this dashboard is read-only for you", status_code=403)
-                form = await _form(request)
+                try:
+                    form = await _form(request)
+                except _TooLarge:
+                    return Response("the form is too large", status_code=413)
                 if not csrf_ok(request, form.get(CSRF_FIELD)):
                     return Response("missing or wrong CSRF token; reload the page", status_code=403)
                 request.state.form = form
@@ -116,7 +133,9 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
             except RunNotFoundError as exc:
                 return render(request, access, "message.html", {"message": str(exc)}, status=404)
             except JobsDError as exc:
-                return render(request, access, "message.html", {"message": str(exc)}, status=503)
+                _log.warning("jobsd dashboard: %s %s: %s", request.method, request.url.path, exc)
+                message = "the database could not answer; the details are in the server's log"
+                return render(request, access, "message.html", {"message": message}, status=503)
 
         return endpoint
 
@@ -135,20 +154,29 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
                 "admin": access is Access.ADMIN,
                 "csrf_field": CSRF_FIELD,
                 "csrf": token,
-                "partial": request.headers.get("x-jobsd-partial") == "1",
-                "message": context.get("message") or request.query_params.get("msg"),
+                "partial": request.headers.get(PARTIAL_HEADER) == "1",
+                "message": context.get("message") or _flashed(request),
                 "can_enqueue": settings.jobsd is not None and settings.jobsd.is_running,
             },
             status_code=status,
         )
         if new:
             response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", path=base or "/")
+        if FLASH_COOKIE in request.cookies:
+            response.delete_cookie(FLASH_COOKIE, path=base or "/")
+        # A page and its live-refreshed part share a URL: neither may be served from a cache.
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Vary"] = PARTIAL_HEADER
         return response
 
     def back(request: Request, path: str, message: str) -> Response:
+        """Redirect to a page of the dashboard, which shows ``message`` once."""
         base = request.scope.get("root_path", "").rstrip("/")
-        separator = "&" if "?" in path else "?"
-        return RedirectResponse(f"{base}{path}{separator}{urlencode({'msg': message})}", status_code=303)
+        response = RedirectResponse(f"{base}{path}", status_code=303)
+        response.set_cookie(
+            FLASH_COOKIE, quote(message[:300]), max_age=60, httponly=True, samesite="strict", path=base or "/"
+        )
+        return response
 
     admin = settings.admin
 
@@ -183,7 +211,7 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
         states = [] if problems else await admin.list_runs(filters, limit=PAGE_SIZE + 1)
         more = len(states) > PAGE_SIZE
         states = states[:PAGE_SIZE]
-        query = {k: v for k, v in request.query_params.items() if k not in ("before", "msg") and v}
+        query = {k: v for k, v in request.query_params.items() if k != "before" and v}
         older = urlencode({**query, "before": states[-1].run_id}) if more and states else None
         return render(
             request,
@@ -244,9 +272,9 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
 
     async def schedules(request: Request, access: Access) -> Response:
         chains = [
-            s
-            for s in await admin.list_runs(RunFilter(scheduled=True), limit=200)
-            if s.status in (RunStatus.PENDING, RunStatus.RUNNING)
+            state
+            for status in (RunStatus.RUNNING, RunStatus.PENDING)
+            for state in await admin.list_runs(RunFilter(status=status, scheduled=True), limit=200)
         ]
         return render(
             request,
@@ -279,22 +307,39 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
         return Response("unknown action", status_code=404)
 
     async def bulk(request: Request, access: Access) -> Response:
+        """Cancel the open runs, or retry the failed and timed-out ones, a filter selects."""
         form = request.state.form
         action = form.get("action")
         filters, problems = _filters(form)
         if problems or action not in ("cancel", "retry"):
             return back(request, "/runs", "; ".join(problems) or "unknown action")
-        states = await admin.list_runs(filters, limit=BULK_LIMIT)
-        changed = 0
-        for state in states:
-            if action == "cancel" and state.status in (RunStatus.PENDING, RunStatus.RUNNING):
-                changed += bool(await admin.cancel(state.run_id))
-            elif action == "retry" and state.status in RETRYABLE:
-                await admin.retry(state.run_id)
-                changed += 1
+        wanted = BULK_STATUSES[action]
+        statuses = [filters.status] if filters.status in wanted else [] if filters.status else wanted
+        states = [
+            state
+            for status in statuses
+            for state in await admin.list_runs(dataclasses.replace(filters, status=status), limit=BULK_LIMIT)
+        ][:BULK_LIMIT]
+        changed: set[int] = set()
+        note = ""
+        try:
+            for state in states:
+                try:
+                    if action == "cancel":
+                        if await admin.cancel(state.run_id):
+                            changed.add(state.run_id)
+                    else:
+                        changed.add(await admin.retry(state.run_id))
+                except (RunNotFoundError, ValueError):
+                    continue  # pruned, or finished meanwhile
+        except JobsDError as exc:
+            _log.warning("jobsd dashboard: bulk %s stopped: %s", action, exc)
+            note = "; then the database stopped answering (the details are in the server's log)"
+        if len(states) == BULK_LIMIT and not note:
+            note = f"; that was the limit of {BULK_LIMIT}, apply it again for more"
         query = urlencode({k: v for k, v in form.items() if k not in (CSRF_FIELD, "action") and v})
         verb = "cancelled" if action == "cancel" else "retried"
-        return back(request, f"/runs?{query}" if query else "/runs", f"{changed} runs {verb}")
+        return back(request, f"/runs?{query}" if query else "/runs", f"{len(changed)} runs {verb}{note}")
 
     async def queue_action(request: Request, access: Access) -> Response:
         name = request.state.form.get("queue", "")
@@ -325,21 +370,29 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
         return back(request, f"/runs/{run_id}", f"run {run_id} created")
 
     async def events(request: Request, access: Access) -> Response:
+        headers = {"Cache-Control": "no-store"}
+        if request.method == "HEAD":
+            return Response(media_type="text/event-stream", headers=headers)
+
         async def stream() -> AsyncIterator[str]:
+            # A stream ends after a while (the browser reconnects by itself), so that no open
+            # page keeps a server from shutting down, nor access from being checked again.
+            ends = asyncio.get_running_loop().time() + _STREAM_LIFETIME
             yield "retry: 2000\n\n"
             async with feed.listening():
                 seen = feed.version
                 while not await request.is_disconnected():
-                    version = await feed.next_change(seen, _KEEPALIVE)
+                    left = ends - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        return
+                    version = await feed.next_change(seen, min(_KEEPALIVE, left))
                     if version != seen:
                         seen = version
                         yield f"event: change\ndata: {version}\n\n"
                     else:
                         yield ": still here\n\n"
 
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-        )
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
     routes = [
         Route("/", page(overview), name="overview"),
@@ -362,25 +415,48 @@ def _build(settings: Settings, feed: ChangeFeed) -> Starlette:
 # ---------------------------------------------------------------------- helpers
 
 
+class _TooLarge(Exception):
+    pass
+
+
 async def _form(request: Request) -> dict[str, str]:
-    """An url-encoded form's fields (the last value of each)."""
-    body = (await request.body())[:1_000_000].decode("utf-8", "replace")
-    return {key: values[-1] for key, values in parse_qs(body, keep_blank_values=True).items()}
+    """An url-encoded form's fields (the last value of each); at most ``MAX_FORM`` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise _TooLarge
+    text = body.decode("utf-8", "replace")
+    return {key: values[-1] for key, values in parse_qs(text, keep_blank_values=True).items()}
 
 
 def _run_id(text: str) -> int:
-    if not text.isdigit() or len(text) > 19:
+    run_id = _id(text)
+    if run_id is None:
         raise RunNotFoundError(f"no run with id {text!r}")
-    return int(text)
+    return run_id
+
+
+def _id(text: str) -> int | None:
+    """A run id written in ASCII digits, within what the id column holds; else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ID else None
 
 
 def _filters(params: Any) -> tuple[RunFilter, list[str]]:
     """The run filters of a query string or form; and what is wrong with it."""
     problems: list[str] = []
 
-    def text(name: str) -> str | None:
-        value = (params.get(name) or "").strip()
-        return value or None
+    def text(name: str, limit: int = MAX_NAME_LENGTH) -> str | None:
+        value = params.get(name) or ""
+        if not value.strip():
+            return None
+        if len(value) > limit or not is_storable(value):
+            problems.append(f"{name} must be at most {limit} characters without NUL or lone surrogates")
+            return None
+        return str(value)
 
     status = None
     status_text = text("status")
@@ -391,18 +467,17 @@ def _filters(params: Any) -> tuple[RunFilter, list[str]]:
             problems.append(f"unknown status {status_text!r}")
     since, until = _moment(text("since"), problems), _moment(text("until"), problems)
     before = None
-    if text("before"):
-        before_text = text("before") or ""
-        if before_text.isdigit() and len(before_text) <= 19:
-            before = int(before_text)
-        else:
+    before_text = text("before")
+    if before_text:
+        before = _id(before_text)
+        if before is None:
             problems.append(f"before must be a run id, got {before_text!r}")
     filters = RunFilter(
         status=status,
         job=text("job"),
         name=text("name"),
         queue=text("queue"),
-        args=text("args"),
+        args=text("args", limit=1000),
         since=since,
         until=until,
         before=before,
@@ -410,15 +485,29 @@ def _filters(params: Any) -> tuple[RunFilter, list[str]]:
     return filters, problems
 
 
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _moment(value: str | None, problems: list[str]) -> datetime | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+        moment = datetime.fromisoformat(value.strip())
+        moment = (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         problems.append(f"not an ISO 8601 time: {value!r}")
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if not _EARLIEST <= moment < _LATEST:
+        problems.append(f"{value!r} is not between 1970 and 9000")
+        return None
+    return moment
+
+
+def _flashed(request: Request) -> str | None:
+    """The message the last action left for this page (see ``back``)."""
+    value = request.cookies.get(FLASH_COOKIE)
+    return unquote(value)[:300] if value else None
 
 
 def _trace_id(context: str | None) -> str | None:
@@ -447,8 +536,8 @@ async def _enqueue(jobsd: JobsD, form: dict[str, str]) -> int:
     try:
         args = json.loads(form.get("args") or "[]")
         kwargs = json.loads(form.get("kwargs") or "{}")
-    except ValueError as exc:
-        raise ValueError(f"arguments must be JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"arguments must be JSON (and not nested too deep): {exc}") from exc
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise TypeError("positional arguments must be a JSON array and keyword arguments a JSON object")
     creator = jobsd.create_run(job, *args, **kwargs)

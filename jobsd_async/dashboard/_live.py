@@ -42,17 +42,24 @@ class ChangeFeed:
     async def listening(self) -> AsyncIterator[None]:
         """While inside, the feed watches the database."""
         self._listeners += 1
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._watch(), name="jobsd dashboard feed")
+        self._ensure_watching()
         try:
             yield
         finally:
             self._listeners -= 1
-            if not self._listeners and self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._task
+            task = self._task
+            if not self._listeners and task is not None:
                 self._task = None
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                # Someone may have started listening while the watcher was stopping.
+                if self._listeners:
+                    self._ensure_watching()
+
+    def _ensure_watching(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="jobsd dashboard feed")
 
     async def next_change(self, seen: int, timeout: float) -> int:
         """The version after ``seen``, once there is one (or ``seen`` after ``timeout``)."""
@@ -69,7 +76,13 @@ class ChangeFeed:
         changed.set()
 
     async def _watch(self) -> None:
-        store = await self._admin.store()
+        while True:
+            try:
+                store = await self._admin.store()
+                break
+            except Exception as exc:  # the database is down: try again, the pages wait
+                _log.warning("jobsd dashboard: cannot reach the database: %s", exc)
+                await asyncio.sleep(self._interval * 5)
         last: tuple[Any, ...] | None = None
         async with contextlib.AsyncExitStack() as stack:
             if store.dialect.is_postgresql:

@@ -14,7 +14,9 @@
   function refresh() {
     pending = null;
     if (busy()) { pending = setTimeout(refresh, 1000); return; }
-    fetch(window.location.href, { headers: { "X-Jobsd-Partial": "1" }, credentials: "same-origin" })
+    fetch(window.location.href, {
+      headers: { "X-Jobsd-Partial": "1" }, credentials: "same-origin", cache: "no-store"
+    })
       .then(function (response) { return response.ok ? response.text() : null; })
       .then(function (html) {
         if (html !== null) {
