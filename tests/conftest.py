@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,43 @@ async def fetch_runs(jd: JobsD) -> list[dict[str, Any]]:
 def jd_prefix(jd: JobsD) -> str:
     name = next(n for n in jd.metadata.tables if n.endswith("runs"))
     return name[: -len("runs")]
+
+
+async def read_word_after(stream: asyncio.StreamReader, prefix: str) -> str:
+    """The first word after ``prefix`` on the first line of a worker process's output that
+    starts with it (fails if the worker exits first)."""
+    async with asyncio.timeout(30):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise AssertionError(f"worker exited before printing {prefix!r}")
+            if line.startswith(prefix):
+                return line[len(prefix) :].split()[0] if line[len(prefix) :].split() else ""
+
+
+async def insert_row(jd: JobsD, *, job: str, **values: Any) -> int:
+    """A first row due now (pending unless ``values`` say otherwise), as anything other
+    than jobsd_async might write it."""
+    runs = jd.metadata.tables[f"{jd_prefix(jd)}runs"]
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    name = f"hand-written-{now.timestamp()}-{id(values)}"
+    row: dict[str, Any] = {
+        "name": name,
+        "name_active": name,
+        "job": job,
+        "job_args": "[]",
+        "job_kwargs": "{}",
+        "delay": 0.0,
+        "run_at": now,
+        "run_total_count": 0,
+        "run_success_limit": 1,
+        "run_timeout": 30.0,
+        "retries_on_error_limit": 0,
+        "retries_on_timeout_limit": 0,
+        "created_at": now,
+        "created_by": 1,
+        **values,
+    }
+    async with jd.engine.begin() as conn:
+        result = await conn.execute(runs.insert().values(row))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]

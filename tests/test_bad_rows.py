@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs, jd_prefix
+from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs, insert_row, jd_prefix
 from sqlalchemy import insert, update
 
 from jobsd_async import JobsD, RunStatus
@@ -21,33 +21,6 @@ MAX_INT = 2**31 - 1
 
 
 ABSURD = 1e300  # seconds: a duration no timestamp can hold
-
-
-async def insert_pending_row(jd: JobsD, *, job: str, **values: Any) -> int:
-    """A pending first row due now, as anything other than jobsd_async might write it."""
-    runs = jd.metadata.tables[f"{jd_prefix(jd)}runs"]
-    now = datetime.now(UTC) - timedelta(seconds=1)
-    name = f"hand-written-{now.timestamp()}-{id(values)}"
-    row: dict[str, Any] = {
-        "name": name,
-        "name_active": name,
-        "job": job,
-        "job_args": "[]",
-        "job_kwargs": "{}",
-        "delay": 0.0,
-        "run_at": now,
-        "run_total_count": 0,
-        "run_success_limit": 1,
-        "run_timeout": 30.0,
-        "retries_on_error_limit": 0,
-        "retries_on_timeout_limit": 0,
-        "created_at": now,
-        "created_by": 1,
-        **values,
-    }
-    async with jd.engine.begin() as conn:
-        result = await conn.execute(insert(runs).values(row))
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
 
 
 def deeply_nested_json(depth: int) -> str:
@@ -68,7 +41,7 @@ def _fails() -> None:
 
 async def test_arguments_nested_too_deep_fail_that_run_only(worker: JobsD) -> None:
     async with worker:
-        bad = await insert_pending_row(worker, job="echo", job_args=deeply_nested_json(100_000))
+        bad = await insert_row(worker, job="echo", job_args=deeply_nested_json(100_000))
         state = await worker.wait_for_run(bad, timeout=10)
         # The dispatcher survived: a normal run after it still runs.
         good = await worker.wait_for_run(await worker.create_run("echo", 1).run(), timeout=10)
@@ -81,7 +54,7 @@ async def test_arguments_nested_too_deep_fail_that_run_only(worker: JobsD) -> No
 @pytest.mark.parametrize("args", ["not json", '{"an": "object"}', "[1, 2"])
 async def test_undecodable_arguments_fail_that_run_without_retries(worker: JobsD, args: str) -> None:
     async with worker:
-        bad = await insert_pending_row(worker, job="echo", job_args=args, retries_on_error_limit=5)
+        bad = await insert_row(worker, job="echo", job_args=args, retries_on_error_limit=5)
         state = await worker.wait_for_run(bad, timeout=10)
     assert state.status is RunStatus.FAILED
     assert state.run_total_count == 1, "retrying a row that cannot be decoded is pointless"
@@ -90,7 +63,7 @@ async def test_undecodable_arguments_fail_that_run_without_retries(worker: JobsD
 @pytest.mark.parametrize("timeout", [ABSURD, -5.0, 10 * 365.25 * 86400 * 1000])
 async def test_an_absurd_run_timeout_does_not_stop_claims(worker: JobsD, timeout: float) -> None:
     async with worker:
-        odd = await insert_pending_row(worker, job="echo", job_args="[7]", run_timeout=timeout)
+        odd = await insert_row(worker, job="echo", job_args="[7]", run_timeout=timeout)
         states = [await worker.wait_for_run(odd, timeout=10)]
         states.append(await worker.wait_for_run(await worker.create_run("echo", 8).run(), timeout=10))
     assert [s.status for s in states] == [RunStatus.SUCCEEDED, RunStatus.SUCCEEDED]
@@ -100,14 +73,14 @@ async def test_an_absurd_run_timeout_does_not_stop_claims(worker: JobsD, timeout
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "mariadb"])  # no infinite floats there
 async def test_an_infinite_run_timeout_does_not_stop_claims(worker: JobsD) -> None:
     async with worker:
-        odd = await insert_pending_row(worker, job="echo", job_args="[1]", run_timeout=float("inf"))
+        odd = await insert_row(worker, job="echo", job_args="[1]", run_timeout=float("inf"))
         state = await worker.wait_for_run(odd, timeout=10)
     assert state.status is RunStatus.SUCCEEDED
 
 
 async def test_counts_at_the_columns_maximum_do_not_stop_claims_or_completions(worker: JobsD) -> None:
     async with worker:
-        full = await insert_pending_row(
+        full = await insert_row(
             worker,
             job="fails",
             run_total_count=MAX_INT,
@@ -123,7 +96,7 @@ async def test_counts_at_the_columns_maximum_do_not_stop_claims_or_completions(w
 
 async def test_an_absurd_backoff_still_records_the_failure_and_its_retry(worker: JobsD) -> None:
     async with worker:
-        odd = await insert_pending_row(
+        odd = await insert_row(
             worker,
             job="fails",
             retries_on_error_limit=1,
@@ -170,7 +143,7 @@ async def test_an_absurd_heartbeat_interval_does_not_stop_the_timeout_check(make
             )
             odd_owner = int(result.inserted_primary_key[0])  # type: ignore[index]
         # A run whose deadline passed, owned by the odd instance, must still be taken over.
-        row_id = await insert_pending_row(
+        row_id = await insert_row(
             jd,
             job="echo",
             run_started_at=datetime.now(UTC) - timedelta(seconds=10),
@@ -186,7 +159,7 @@ async def test_an_absurd_heartbeat_interval_does_not_stop_the_timeout_check(make
 
 async def test_a_row_of_a_job_with_another_case_is_not_claimed_here(worker: JobsD) -> None:
     async with worker:
-        other = await insert_pending_row(worker, job="ECHO")
+        other = await insert_row(worker, job="ECHO")
         ran = await worker.wait_for_run(await worker.create_run("echo", 3).run(), timeout=10)
         await asyncio.sleep(0.3)  # several polls and claims
         state = await worker.get_run_state(other)
@@ -224,7 +197,7 @@ async def test_priorities_at_the_columns_extremes_and_odd_queues_run(make_jobsd:
         ids = {}
         for label, values in rows.items():
             job = values.pop("job", "note")
-            ids[label] = await insert_pending_row(jd, job=job, job_args=f'["{label}"]', **values)
+            ids[label] = await insert_row(jd, job=job, job_args=f'["{label}"]', **values)
         for label in ("highest", "limited-with-another-key", "limited-without-key", "lowest"):
             assert (await jd.wait_for_run(ids[label], timeout=10)).status is RunStatus.SUCCEEDED
         assert (await jd.get_run_state(ids["paused"])).status is RunStatus.PENDING

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import MakeJobsD
+from conftest import MakeJobsD, read_word_after
 from crash_worker import every_300ms
 
 from jobsd_async import RunInfo, RunStatus
@@ -20,16 +20,6 @@ TIMEOUT_CHECK = 0.5
 # Recovery must come within 3 heartbeats + one timeout check; the margin covers process
 # scheduling on a loaded 2-core machine and the poll that picks up the follow-up.
 RECOVERY_BOUND = 3 * HEARTBEAT + TIMEOUT_CHECK + 2.5
-
-
-async def _read_line(stream: asyncio.StreamReader, prefix: str) -> str:
-    async with asyncio.timeout(30):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"worker exited before printing {prefix!r}")
-            if line.startswith(prefix):
-                return line.split()[1]
 
 
 async def test_sigkilled_worker_run_is_rerun_and_chain_continues(
@@ -50,8 +40,8 @@ async def test_sigkilled_worker_run_is_rerun_and_chain_continues(
     )
     try:
         assert worker.stdout is not None
-        run_id = int(await _read_line(worker.stdout, "CREATED"))
-        await _read_line(worker.stdout, "RUNNING")
+        run_id = int(await read_word_after(worker.stdout, "CREATED"))
+        await read_word_after(worker.stdout, "RUNNING")
         await survivor.up()
         os.kill(worker.pid, signal.SIGKILL)
         killed_at = time.monotonic()

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeJobsD, eventually, fetch_runs, jd_prefix
-from sqlalchemy import insert, update
+from conftest import MakeJobsD, eventually, fetch_runs, insert_row, jd_prefix, read_word_after
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunStatus
@@ -243,9 +243,9 @@ async def test_a_dead_instance_gives_back_its_slots(
     )
     try:
         assert worker.stdout is not None
-        await _read_line(worker.stdout, "UP")
+        await read_word_after(worker.stdout, "UP")
         first = await hold.create_run().run()
-        assert int(await _read_line(worker.stdout, "RUNNING")) == first
+        assert int(await read_word_after(worker.stdout, "RUNNING")) == first
         second = await hold.create_run().run()
         # The worker has free slots and claims (it runs "mark"), but "hold" is at its limit.
         await survivor.wait_for_run(await survivor.create_run("mark").run(), timeout=10)
@@ -267,38 +267,10 @@ async def test_a_dead_instance_gives_back_its_slots(
     assert seen.most == 1
 
 
-async def _read_line(stream: asyncio.StreamReader, prefix: str) -> str:
-    async with asyncio.timeout(30):
-        while True:
-            line = (await stream.readline()).decode()
-            if not line:
-                raise AssertionError(f"worker exited before printing {prefix!r}")
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-
-
 async def insert_running_row(owner: JobsD, *, job: str) -> int:
     """A running row of ``job`` owned by ``owner``, without a limit key."""
-    runs = owner.metadata.tables[f"{jd_prefix(owner)}runs"]
-    now = datetime.now(UTC)
-    name = f"by-hand-{now.timestamp()}"
-    values = {
-        "name": name,
-        "name_active": name,
-        "job": job,
-        "job_args": "[]",
-        "job_kwargs": "{}",
-        "delay": 0.0,
-        "run_at": now,
-        "run_total_count": 1,
-        "run_success_limit": 1,
-        "run_started_at": now,
-        "run_started_by": owner.instance_id,
-        "created_at": now,
-        "created_by": owner.instance_id,
-    }
-    async with owner.engine.begin() as conn:
-        return int((await conn.execute(insert(runs).values(values))).inserted_primary_key[0])  # type: ignore[index]
+    started = {"run_started_at": datetime.now(UTC), "run_total_count": 1, "run_timeout": None}
+    return await insert_row(owner, job=job, run_started_by=owner.instance_id, **started)
 
 
 async def complete_row(owner: JobsD, row_id: int) -> None:

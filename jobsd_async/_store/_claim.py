@@ -131,25 +131,21 @@ async def _pick_then_claim(
 
     (MySQL cannot select from the table an UPDATE changes, nor return what it changed.)
     """
-    jobs, schedules, queues, avoiding, above = shape
+    jobs, schedules, queues, _, _ = shape
     params.update(await _paused_params(store, conn))
-    pick = store.statement(
-        ("pick", *shape),
-        lambda: pick_statement(
-            store,
-            jobs,
-            schedules,
-            limit=bindparam("limit", type_=Integer),
-            avoiding=avoiding,
-            queues=queues,
-            above=above,
-        ).with_for_update(skip_locked=True),
-    )
+    pick = store.statement(("pick", *shape), lambda: _pick(store, shape).with_for_update(skip_locked=True))
     ids = [int(i) for i in (await conn.execute(pick, params)).scalars()]
     paused = {k: v for k, v in params.items() if k == "paused"}
     return await _claim_ids(
         store, conn, ids, params["instance_id"], (jobs, schedules, queues, False, False), paused
     )
+
+
+def _pick(store: Store, shape: _Shape) -> Select[Any]:
+    """:func:`pick_statement` for a claim's shape, taking as many as the ``limit`` parameter."""
+    jobs, schedules, queues, avoiding, above = shape
+    limit = bindparam("limit", type_=Integer)
+    return pick_statement(store, jobs, schedules, limit=limit, avoiding=avoiding, queues=queues, above=above)
 
 
 async def _claim_ids(
@@ -288,15 +284,7 @@ def _claim_statement(
 ) -> Executable:
     """PostgreSQL and SQLite: pick and claim in one UPDATE that returns the claimed rows."""
     runs = store.runs
-    chosen = pick_statement(
-        store,
-        jobs,
-        schedules,
-        limit=bindparam("limit", type_=Integer),
-        avoiding=avoiding,
-        queues=queues,
-        above=above,
-    )
+    chosen = _pick(store, (jobs, schedules, queues, avoiding, above))
     stmt = update(runs)
     if store.dialect.is_postgresql:
         # Materialised, so the planner cannot re-run the SKIP LOCKED pick per outer row
