@@ -114,7 +114,7 @@ async def claim_due(
     shape: _Shape = (jobs, schedules, queues, avoiding, above is not None)
     if not dialect.update_returning:
         return await _pick_then_claim(store, conn, shape, params)
-    stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, *shape))
+    stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, shape))
     result = await conn.execute(stmt, params)
     return [RunRow.of(m) for m in result.mappings()]
 
@@ -165,7 +165,7 @@ async def _claim_ids(
     runs = store.runs
     params = {"instance_id": instance_id, "ids": ids, **paused}
     claim = store.statement(
-        ("claim ids", *shape, limited), lambda: _claim_ids_statement(store, *shape, limited=limited)
+        ("claim ids", *shape, limited), lambda: _claim_ids_statement(store, shape, limited=limited)
     )
     if store.dialect.update_returning:
         return [RunRow.of(m) for m in (await conn.execute(claim, params)).mappings()]
@@ -274,17 +274,10 @@ def _claim_values(store: Store) -> dict[str, Any]:
     }
 
 
-def _claim_statement(
-    store: Store,
-    jobs: tuple[str, ...],
-    schedules: tuple[str, ...],
-    queues: Queues,
-    avoiding: bool,
-    above: bool,
-) -> Executable:
+def _claim_statement(store: Store, shape: _Shape) -> Executable:
     """PostgreSQL and SQLite: pick and claim in one UPDATE that returns the claimed rows."""
     runs = store.runs
-    chosen = _pick(store, (jobs, schedules, queues, avoiding, above))
+    chosen = _pick(store, shape)
     stmt = update(runs)
     if store.dialect.is_postgresql:
         # Materialised, so the planner cannot re-run the SKIP LOCKED pick per outer row
@@ -296,18 +289,10 @@ def _claim_statement(
     return stmt.values(**_claim_values(store)).returning(runs)
 
 
-def _claim_ids_statement(
-    store: Store,
-    jobs: tuple[str, ...],
-    schedules: tuple[str, ...],
-    queues: Queues,
-    avoiding: bool,
-    above: bool,
-    *,
-    limited: bool,
-) -> Executable:
+def _claim_ids_statement(store: Store, shape: _Shape, *, limited: bool) -> Executable:
     """Claim given ids (a MySQL pick's locked rows, a limited claim's choice), each only if
     it is still claimable."""
+    jobs, schedules, queues, _, _ = shape
     runs = store.runs
     values = _claim_values(store)
     if limited:
@@ -393,7 +378,7 @@ async def claim_limited(
         )
     else:
         chosen = store.statement(
-            ("limited pick", *shape, limits), lambda: _limited_pick(store, limits, *shape)
+            ("limited pick", *shape, limits), lambda: _limited_pick(store, limits, shape)
         )
     ids = (
         []
@@ -438,17 +423,10 @@ class Limited(NamedTuple):
     held_back: bool
 
 
-def _limited_pick(
-    store: Store,
-    limits: JobLimits,
-    jobs: tuple[str, ...],
-    schedules: tuple[str, ...],
-    queues: Queues,
-    avoiding: bool,
-    above: bool,
-) -> Select[Any]:
+def _limited_pick(store: Store, limits: JobLimits, shape: _Shape) -> Select[Any]:
     """The ids a limited claim takes: claimable rows in claim order, each key's only while
     its running runs (and its starts in the rate window) stay within the limits."""
+    jobs, schedules, queues, avoiding, _ = shape
     runs, dialect = store.runs, store.dialect
     (job,) = jobs
     key = func.coalesce(runs.c.limit_key, "")
