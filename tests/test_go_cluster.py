@@ -47,10 +47,14 @@ async def test_run_once_creator_unique(make_jobsd: MakeJobsD) -> None:
     """
     instances = [make_jobsd(workers=10)] + [make_jobsd(workers=5) for _ in range(9)]
     count = 0
+    submitted = asyncio.Event()
 
     async def job() -> None:
         nonlocal count
         count += 1
+        # Active until every instance has submitted (Go: 800 ms, which a loaded host can
+        # outlast; once the run has finished, a new submission rightly starts a new chain).
+        await submitted.wait()
         await asyncio.sleep(0.8)
 
     for jd in instances:
@@ -60,6 +64,7 @@ async def test_run_once_creator_unique(make_jobsd: MakeJobsD) -> None:
     run_ids = await asyncio.gather(
         *(jd.create_run("TestRunOnceCreatorUnique").unique("UniqueJobName").run() for jd in instances)
     )
+    submitted.set()
     assert len(set(run_ids)) == 1, run_ids
     state = await instances[0].wait_for_run(run_ids[0], timeout=WAIT)
     assert count == 1
