@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from conftest import MakeJobsD, eventually, fetch_runs, insert_row, jd_prefix, read_word_after
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunStatus
+from jobsd_async._store import _claim
 
 LIMIT_WORKER = Path(__file__).with_name("limit_worker.py")
 
@@ -439,3 +440,46 @@ async def test_a_limited_run_handed_back_is_left_alone(make_jobsd: MakeJobsD) ->
         await new.wait_for_run(blocking, timeout=10)
         started_by_old = old.instance.runs_started
     assert started_by_old == ticks + 1, "the handed-back run was claimed again"
+
+
+async def test_a_claim_checks_the_pause_when_it_writes(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MySQL reads the paused queues before its pick: a pause committed between that read
+    # and the claim's UPDATE must hold all the same.  (Elsewhere the check is one statement.)
+    worker, producer = make_jobsd(workers=2), make_jobsd(workers=0)
+    for jd in (worker, producer):
+        jd.register_job("work", lambda label: label)
+    async with worker, producer:
+        await worker.pause_queue("mail")
+
+        async def read_before_the_pause(store: Any, conn: Any) -> dict[str, Any]:
+            return {"paused": []} if store.dialect.is_mysql else {}
+
+        monkeypatch.setattr(_claim, "_paused_params", read_before_the_pause)
+        held = await producer.create_run("work", "held").queue("mail").priority(9).run()
+        passed = await producer.create_run("work", "other").run()
+        assert (await worker.wait_for_run(passed, timeout=10)).result == "other"
+        assert (await worker.get_run_state(held)).status is RunStatus.PENDING
+
+
+async def test_a_stuck_claimer_of_a_limited_job_holds_back_only_that_job(
+    make_jobsd: MakeJobsD, backend: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: whoever holds its write lock stops every instance")
+    worker, producer = make_jobsd(workers=4), make_jobsd(workers=0)
+    worker.register_job("lim", lambda: "lim", max_running=1)
+    worker.register_job("free", lambda: "free")
+    for job in ("lim", "free"):
+        producer.register_job(job, lambda: None)
+    async with worker, producer:
+        limits = worker.metadata.tables[f"{jd_prefix(worker)}limits"]
+        # An instance frozen (a paused VM, a blocked loop) while it claims "lim": its lock stays.
+        async with worker.engine.connect() as frozen, frozen.begin():
+            await frozen.execute(select(limits).where(limits.c.job == "lim").with_for_update())
+            lim = await producer.create_run("lim").run()
+            free = await producer.create_run("free").run()
+            assert (await worker.wait_for_run(free, timeout=10)).result == "free"
+            assert (await worker.get_run_state(lim)).status is RunStatus.PENDING
+        assert (await worker.wait_for_run(lim, timeout=10)).status is RunStatus.SUCCEEDED

@@ -135,10 +135,7 @@ async def _pick_then_claim(
     params.update(await _paused_params(store, conn))
     pick = store.statement(("pick", *shape), lambda: _pick(store, shape).with_for_update(skip_locked=True))
     ids = [int(i) for i in (await conn.execute(pick, params)).scalars()]
-    paused = {k: v for k, v in params.items() if k == "paused"}
-    return await _claim_ids(
-        store, conn, ids, params["instance_id"], (jobs, schedules, queues, False, False), paused
-    )
+    return await _claim_ids(store, conn, ids, params["instance_id"], (jobs, schedules, queues, False, False))
 
 
 def _pick(store: Store, shape: _Shape) -> Select[Any]:
@@ -154,16 +151,14 @@ async def _claim_ids(
     ids: list[int],
     instance_id: int,
     shape: _Shape,
-    paused: dict[str, Any],
     *,
     limited: bool = False,
 ) -> list[RunRow]:
-    """Claim the rows ``ids`` (those still claimable) and return them; ``paused``: the
-    parameters of :func:`_paused_params`."""
+    """Claim the rows ``ids`` (those still claimable) and return them."""
     if not ids:
         return []
     runs = store.runs
-    params = {"instance_id": instance_id, "ids": ids, **paused}
+    params = {"instance_id": instance_id, "ids": ids}
     claim = store.statement(
         ("claim ids", *shape, limited), lambda: _claim_ids_statement(store, shape, limited=limited)
     )
@@ -207,7 +202,7 @@ def _claim_order(store: Store) -> tuple[ColumnElement[Any], ...]:
 
 
 def _claimable(
-    store: Store, jobs: Collection[str], schedules: Collection[str], queues: Queues
+    store: Store, jobs: Collection[str], schedules: Collection[str], queues: Queues, *, writing: bool = False
 ) -> tuple[ColumnElement[bool], ...]:
     runs = store.runs
     return (
@@ -216,19 +211,22 @@ def _claimable(
         runs.c.run_at <= store.dialect.now(),
         runs.c.job.in_(list(jobs)),
         schedule_computable(runs, schedules),
-        *_routable(store, queues),
+        *_routable(store, queues, writing=writing),
     )
 
 
-def _routable(store: Store, queues: Queues) -> tuple[ColumnElement[bool], ...]:
+def _routable(store: Store, queues: Queues, *, writing: bool = False) -> tuple[ColumnElement[bool], ...]:
     """Rows in the queues an instance takes (all: None), and not in a paused queue.
 
-    MySQL reads the paused queues first (:func:`_paused_params`): a subquery of a locking
-    read that skips locked rows could skip the row of a queue being paused.
+    MySQL's picks read the paused queues first (:func:`_paused_params`): a subquery of a
+    locking read that skips locked rows could skip the row of a queue being paused.  Its
+    claiming UPDATE (``writing``) asks again, in a subquery that InnoDB reads locking: it
+    waits for a pause being committed and sees it, so no run of a queue starts once
+    ``pause_queue`` has returned.
     """
     runs, paused_queues = store.runs, store.queues
     paused: Any
-    if store.dialect.is_mysql:
+    if store.dialect.is_mysql and not writing:
         paused = bindparam("paused", expanding=True)
     else:
         paused = select(paused_queues.c.name).where(paused_queues.c.paused_at.is_not(None))
@@ -299,11 +297,8 @@ def _claim_ids_statement(store: Store, shape: _Shape, *, limited: bool) -> Execu
         # A limited job's runs created without a key (before the job had limits, or by an
         # operator) count under the job-wide key from their start on.
         values["limit_key"] = func.coalesce(runs.c.limit_key, "")
-    stmt = (
-        update(runs)
-        .where(runs.c.id.in_(bindparam("ids", expanding=True)), *_claimable(store, jobs, schedules, queues))
-        .values(**values)
-    )
+    claimable = _claimable(store, jobs, schedules, queues, writing=True)
+    stmt = update(runs).where(runs.c.id.in_(bindparam("ids", expanding=True)), *claimable).values(**values)
     return stmt.returning(runs) if store.dialect.update_returning else stmt
 
 
@@ -354,7 +349,8 @@ async def claim_limited(
     """
     # First: a read before the lock would fix MySQL's snapshot (REPEATABLE READ) before the
     # previous holder's claims were committed, and count without them.
-    await _limits.lock(store, conn, job, limits, instance_id=instance_id)
+    if not await _limits.lock(store, conn, job):
+        return Limited([], True)  # another instance is claiming this job's runs right now
     avoiding = bool(avoid)
     shape: _Shape = ((job,), tuple(schedules), queues, avoiding, False)
     paused = await _paused_params(store, conn)
@@ -385,7 +381,7 @@ async def claim_limited(
         if limit <= 0
         else [int(i) for i in (await conn.execute(chosen, {"limit": limit, **paused})).scalars()]
     )
-    claimed = await _claim_ids(store, conn, ids, instance_id, shape, paused, limited=True)
+    claimed = await _claim_ids(store, conn, ids, instance_id, shape, limited=True)
     if len(claimed) >= limit:
         return Limited(claimed, False)
     any_due = store.statement(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Executable, delete, select
+from sqlalchemy import Executable, bindparam, delete, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,20 +32,14 @@ def _values(store: Store, job: str, limits: JobLimits, instance_id: int) -> dict
     }
 
 
-def _upsert(store: Store, values: dict[str, Any], *, replace: bool) -> Executable:
-    """INSERT of a job's row; when it exists, ``replace`` it, or else leave it alone."""
+def _upsert(store: Store, values: dict[str, Any]) -> Executable:
+    """INSERT of a job's row, or UPDATE of it when it exists."""
     table, dialect = store.limits, store.dialect
     changed = {k: v for k, v in values.items() if k != "job"}
     if dialect.is_mysql:
-        stmt: Any = mysql.insert(table).values(values)
-        if replace:
-            return stmt.on_duplicate_key_update(**changed)  # type: ignore[no-any-return]
-        return stmt.prefix_with("IGNORE")  # type: ignore[no-any-return]
+        return mysql.insert(table).values(values).on_duplicate_key_update(**changed)
     upsert = postgresql.insert(table) if dialect.is_postgresql else sqlite.insert(table)
-    stmt = upsert.values(values)
-    if replace:
-        return stmt.on_conflict_do_update(index_elements=[table.c.job], set_=changed)  # type: ignore[no-any-return]
-    return stmt.on_conflict_do_nothing(index_elements=[table.c.job])  # type: ignore[no-any-return]
+    return upsert.values(values).on_conflict_do_update(index_elements=[table.c.job], set_=changed)
 
 
 async def declare(
@@ -55,7 +49,7 @@ async def declare(
     if limits is None:
         await conn.execute(delete(store.limits).where(store.limits.c.job == job))
     else:
-        await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=True))
+        await conn.execute(_upsert(store, _values(store, job, limits, instance_id)))
 
 
 async def read(store: Store, conn: AsyncConnection, jobs: list[str] | None) -> dict[str, JobLimits]:
@@ -74,12 +68,18 @@ async def read(store: Store, conn: AsyncConnection, jobs: list[str] | None) -> d
     return found
 
 
-async def lock(store: Store, conn: AsyncConnection, job: str, limits: JobLimits, *, instance_id: int) -> None:
-    """Lock ``job``'s row until the transaction ends (creating it if it is missing)."""
+async def lock(store: Store, conn: AsyncConnection, job: str) -> bool:
+    """Lock ``job``'s row until the transaction ends; False, without waiting, if another
+    claimer holds it (or it is gone: the job's limits were withdrawn).
+
+    Never waiting means an instance that stops while it holds the lock (a paused VM, a
+    blocked event loop) holds back only this job's runs, not every claim of the others.
+    """
     table = store.limits
     if store.dialect.is_sqlite:
-        return  # BEGIN IMMEDIATE: the transaction already holds the database's write lock
-    stmt = select(table.c.job).where(table.c.job == job).with_for_update()
-    if (await conn.execute(stmt)).first() is None:
-        await conn.execute(_upsert(store, _values(store, job, limits, instance_id), replace=False))
-        await conn.execute(stmt)
+        return True  # BEGIN IMMEDIATE: the transaction already holds the database's write lock
+    stmt = store.statement(
+        "lock limits",
+        lambda: select(table.c.job).where(table.c.job == bindparam("job")).with_for_update(skip_locked=True),
+    )
+    return (await conn.execute(stmt, {"job": job})).first() is not None
