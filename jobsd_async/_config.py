@@ -6,7 +6,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
@@ -259,7 +259,7 @@ def to_queues(value: object) -> tuple[str, ...] | None:
     """The queues an instance takes runs from: None for all, else a non-empty list of names."""
     if value is None:
         return None
-    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+    if isinstance(value, str) or not isinstance(value, Iterable):
         raise TypeError(f"queues must be a list of queue names or None, got {value!r}")
     names = tuple(dict.fromkeys(check_name("queue", q) for q in value))
     if not names:

@@ -117,7 +117,7 @@ class JobsD(Registrations, RunsAPI, QueuesAPI):
             cancel_grace=cancel_grace,
             listen=listen,
             max_connections=max_connections,
-            queues=None if queues is None else list(queues) if not isinstance(queues, str) else queues,
+            queues=queues,
             logger=logger,
         )
         self._engine = engine

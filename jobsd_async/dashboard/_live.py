@@ -126,9 +126,12 @@ class ChangeFeed:
     async def _fingerprint(self, store: Store) -> tuple[Any, ...]:
         runs, queues = store.runs, store.queues
         running = runs.c.run_started_at.is_not(None) & runs.c.run_completed_at.is_(None)
-        async with store.dialect.reading() as conn:
-            newest = (await conn.execute(select(func.max(runs.c.id)))).scalar()
-            busy = (await conn.execute(select(func.count()).where(running))).scalar()
-            finished = (await conn.execute(select(func.max(runs.c.run_completed_at)))).scalar()
-            paused = (await conn.execute(select(func.max(queues.c.updated_at)))).scalar()
-        return newest, busy, finished, paused
+        parts = (
+            select(func.max(runs.c.id)),
+            select(func.count()).select_from(runs).where(running),
+            select(func.max(runs.c.run_completed_at)),
+            select(func.max(queues.c.updated_at)),
+        )
+        async with store.dialect.reading() as conn:  # one round trip
+            found = (await conn.execute(select(*(part.scalar_subquery() for part in parts)))).one()
+        return tuple(found)
