@@ -187,7 +187,7 @@ class Reconciler:
         declared = job._periodic
         if declared is None:
             return None
-        return dataclasses.replace(row, **self._definition(job, declared))
+        return row._replace(**self._definition(job, declared))
 
     def _definition(self, job: Job[Any], declared: Periodic) -> dict[str, Any]:
         """The definition columns of ``job``'s chain, as its creation would write them."""

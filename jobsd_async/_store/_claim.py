@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .._config import MAX_COUNT, MAX_DURATION, JobLimits
 from . import _limits
 from ._create import notify_new
-from ._rows import RunRow, Store, schedule_computable
+from ._rows import RunRow, Store, row_columns, schedule_computable
 
 Queues = tuple[str, ...] | None
 """The queues an instance takes runs from (None: all)."""
@@ -115,8 +115,7 @@ async def claim_due(
     if not dialect.update_returning:
         return await _pick_then_claim(store, conn, shape, params)
     stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, shape))
-    result = await conn.execute(stmt, params)
-    return [RunRow.of(m) for m in result.mappings()]
+    return list(map(RunRow._make, await conn.execute(stmt, params)))
 
 
 _Shape = tuple[tuple[str, ...], tuple[str, ...], Queues, bool, bool]
@@ -163,16 +162,16 @@ async def _claim_ids(
         ("claim ids", *shape, limited), lambda: _claim_ids_statement(store, shape, limited=limited)
     )
     if store.dialect.update_returning:
-        return [RunRow.of(m) for m in (await conn.execute(claim, params)).mappings()]
+        return list(map(RunRow._make, await conn.execute(claim, params)))
     await conn.execute(claim, params)
     claimed = store.statement(
         "claimed",
-        lambda: select(runs).where(
+        lambda: select(*row_columns(runs)).where(
             runs.c.id.in_(bindparam("ids", expanding=True)), runs.c.run_started_by == bindparam("instance_id")
         ),
     )
     result = await conn.execute(claimed, {"instance_id": instance_id, "ids": ids})
-    return [RunRow.of(m) for m in result.mappings()]
+    return list(map(RunRow._make, result))
 
 
 def pick_statement(
@@ -284,7 +283,7 @@ def _claim_statement(store: Store, shape: _Shape) -> Executable:
         stmt = stmt.where(runs.c.id.in_(select(picked.c.id)))
     else:
         stmt = stmt.where(runs.c.id.in_(chosen.scalar_subquery()))
-    return stmt.values(**_claim_values(store)).returning(runs)
+    return stmt.values(**_claim_values(store)).returning(*row_columns(runs))
 
 
 def _claim_ids_statement(store: Store, shape: _Shape, *, limited: bool) -> Executable:
@@ -299,7 +298,7 @@ def _claim_ids_statement(store: Store, shape: _Shape, *, limited: bool) -> Execu
         values["limit_key"] = func.coalesce(runs.c.limit_key, "")
     claimable = _claimable(store, jobs, schedules, queues, writing=True)
     stmt = update(runs).where(runs.c.id.in_(bindparam("ids", expanding=True)), *claimable).values(**values)
-    return stmt.returning(runs) if store.dialect.update_returning else stmt
+    return stmt.returning(*row_columns(runs)) if store.dialect.update_returning else stmt
 
 
 async def top_priority(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import ColumnElement, Table, or_
+from sqlalchemy import Column, ColumnElement, Table, or_
 
 from .._schedules import CRON_PREFIX, EVERY_PREFIX, cron_available
 from ._dialect import Dialect
@@ -68,9 +68,12 @@ class Store:
         return self.runs.name.removesuffix("runs") + "cancel"
 
 
-@dataclass(frozen=True, slots=True)
-class RunRow:
-    """One attempt, as stored."""
+class RunRow(NamedTuple):
+    """One attempt, as stored (a tuple in the column order of ``{prefix}runs``).
+
+    A tuple because claims build one per run on the hot path: made from a result row by
+    position it costs a fraction of a dataclass built by name.
+    """
 
     id: int
     origin_id: int | None
@@ -117,10 +120,14 @@ class RunRow:
 
     @classmethod
     def of(cls, mapping: Mapping[Any, Any]) -> RunRow:
-        return cls(**{name: mapping[name] for name in _FIELDS})
+        """The row from a result mapping (any column order)."""
+        return cls._make([mapping[name] for name in cls._fields])
 
 
-_FIELDS = tuple(f.name for f in fields(RunRow))
+def row_columns(runs: Table) -> list[Column[Any]]:
+    """The columns of ``runs`` in :class:`RunRow` order: a statement returning them gives
+    rows that ``RunRow._make`` takes by position."""
+    return [runs.c[name] for name in RunRow._fields]
 
 
 def schedule_computable(runs: Table, registered: Collection[str]) -> ColumnElement[bool]:
