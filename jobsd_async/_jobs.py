@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ("Args", "Job")
 
+_BIND_SHAPES = 64  # argument shapes remembered per job function as binding
+
 P = ParamSpec("P")
 R = TypeVar("R", default=Any)
 
@@ -70,7 +72,7 @@ def _is_run_info_annotation(annotation: object) -> bool:
 class JobFunc:
     """The contract of one job function: how to call it and how to check its arguments."""
 
-    __slots__ = ("codec", "func", "is_async", "signature", "takes_run_info")
+    __slots__ = ("_binds", "codec", "func", "is_async", "signature", "takes_run_info")
 
     def __init__(self, name: str, func: object) -> None:
         if isinstance(func, Job):
@@ -99,6 +101,9 @@ class JobFunc:
             signature = signature.replace(parameters=params[1:])
         self.signature = signature
         self.codec = ArgsCodec(name, func, signature)
+        # Whether arguments bind depends only on how many are positional and which names
+        # the others have: shapes seen to bind are not checked again (bounded, see below).
+        self._binds: set[tuple[int, tuple[str, ...]]] = set()
 
     @staticmethod
     def _first_is_run_info(func: object, param: inspect.Parameter) -> bool:
@@ -114,6 +119,9 @@ class JobFunc:
 
     def check_args(self, job: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise JobArgsMismatchError unless the arguments bind to the signature."""
+        shape = (len(args), tuple(kwargs))
+        if shape in self._binds:
+            return
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -121,6 +129,8 @@ class JobFunc:
                 f"arguments do not match job {job!r}{self.signature}: {exc} "
                 f"(args={args!r}, kwargs={kwargs!r})"
             ) from exc
+        if len(self._binds) < _BIND_SHAPES:
+            self._binds.add(shape)
 
     async def call(
         self,
