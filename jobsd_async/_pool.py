@@ -35,6 +35,7 @@ from ._config import MAX_DURATION, Config
 from ._jobs import Job
 from ._progress import Progress
 from ._retry import RetryIf
+from ._signal import wait_event
 from ._store._instances import Counters
 from ._store._rows import RunRow, Store
 from ._telemetry import Telemetry
@@ -114,7 +115,8 @@ class WorkerPool:
         self.slots = Slots(config.workers, on_slot_free)
         self._attempts: dict[int, Attempt] = {}  # by row id, until its completion is written
         self._tasks: set[asyncio.Task[None]] = set()
-        self._released: dict[int, asyncio.Event] = {}  # by row id: set once the slot is free
+        self._holding: set[int] = set()  # row ids whose attempt still holds its slot
+        self._none_holding: asyncio.Event | None = None  # the drain's: set once no slot is held
         self._deferred: dict[int, Ending] = {}  # kills whose completion waits for the job to end
         self._hurry = asyncio.Event()  # set: shutdown hands running jobs over at once
 
@@ -131,7 +133,7 @@ class WorkerPool:
     @property
     def idle(self) -> bool:
         """Nothing runs here, and every ending has been handed to the completer."""
-        return not self._attempts and not self._released
+        return not self._attempts and not self._holding
 
     # ---------------------------------------------------------------- starting
 
@@ -140,13 +142,16 @@ class WorkerPool:
         job = self._jobs.get(row.job)
         attempt = Attempt(row, job.contract if job is not None else None)
         self._attempts[row.id] = attempt
-        self._released[row.id] = asyncio.Event()
+        self._holding.add(row.id)
         attempt.holders = 1
         task = asyncio.create_task(self._run(attempt), name=f"jobsd run {row.id}")
         attempt.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._let_go(attempt))
+        task.add_done_callback(lambda done: self._task_done(done, attempt))
+
+    def _task_done(self, task: asyncio.Task[None], attempt: Attempt) -> None:
+        self._tasks.discard(task)
+        self._let_go(attempt)
 
     def _let_go(self, attempt: Attempt) -> None:
         """One holder of the attempt's slot is done (its task, or its job's thread)."""
@@ -154,9 +159,9 @@ class WorkerPool:
         if attempt.holders:
             return
         self.slots.give()
-        released = self._released.pop(attempt.row.id, None)
-        if released is not None:
-            released.set()
+        self._holding.discard(attempt.row.id)
+        if not self._holding and self._none_holding is not None:
+            self._none_holding.set()
         ending = self._deferred.pop(attempt.row.id, None)
         if ending is not None:  # a kill: its job has really ended, now hand the run over
             self._submit(attempt, ending)
@@ -386,14 +391,12 @@ class WorkerPool:
         for row_id in self.running():
             self.stop(row_id, Outcome.KILLED)
         # Every slot freed: each job (and each sync job's thread) has ended.
-        waiting = {row_id: asyncio.ensure_future(e.wait()) for row_id, e in self._released.items()}
-        if not waiting:
+        if not self._holding:
             return
         grace = 0.0 if self._hurry.is_set() else config.cancel_grace
-        _, stuck = await asyncio.wait(waiting.values(), timeout=grace + _ABANDON_AFTER)
-        for future in waiting.values():
-            future.cancel()
-        abandoned = [row_id for row_id, future in waiting.items() if future in stuck]
+        self._none_holding = asyncio.Event()
+        await wait_event(self._none_holding, grace + _ABANDON_AFTER)
+        abandoned = list(self._holding)
         if abandoned:
             self._log.error(
                 "jobsd: abandoning %d jobs that did not end when cancelled (they swallow "
