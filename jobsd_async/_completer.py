@@ -49,7 +49,6 @@ _FLUSH_DELAY = 0.002  # seconds a completion waits for others to share its trans
 _CLOSE_TIMEOUT = 10.0  # seconds close() waits for buffered completions to be written
 _CANCEL_WAIT = 2.0  # seconds close() then waits for a cancelled write to end
 _ITEM_OVERHEAD = 500  # characters a completion costs besides its texts
-_ANNOUNCE_TIMEOUT = 1.0  # seconds, at most, for telling other instances' waiters
 _REFUSALS = 3  # failed writes of one completion alone (with backoff) before it is made simpler
 
 Written = Completed | None
@@ -193,22 +192,8 @@ class Completer:
             for pending in batch:
                 pending.future.cancel()
             return sum(1 for p in batch if not p.future.done() or p.future.cancelled())
-        run_ids = {p.item.row.run_id for p in batch}
-        self._on_chain_change(run_ids)
-        if self._store.dialect.is_postgresql:
-            await self._announce(run_ids)
+        self._on_chain_change({p.item.row.run_id for p in batch})
         return 0
-
-    async def _announce(self, run_ids: set[int]) -> None:
-        """Wake the ``wait_for_run`` callers of these runs on other instances (best effort:
-        without it they notice at their next re-check)."""
-        try:
-            async with asyncio.timeout(_ANNOUNCE_TIMEOUT):
-                await self._store.dialect.retrying(
-                    lambda conn: _complete.announce(self._store, conn, run_ids), one_statement=True
-                )
-        except Exception as exc:
-            self._log.debug("jobsd: announcing completions failed: %s", exc, extra=self._extra)
 
     async def _write(self, batch: list[_Pending]) -> None:
         """Write ``batch``: again while the database is away, in halves if it refuses one item."""

@@ -7,7 +7,7 @@ take it in between, and a chain that ends frees it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,9 @@ from sqlalchemy import (
     Text,
     bindparam,
     case,
+    cast,
     column,
+    distinct,
     func,
     literal,
     null,
@@ -98,18 +100,6 @@ async def complete_many(
     return results
 
 
-async def announce(store: Store, conn: AsyncConnection, run_ids: Collection[int]) -> None:
-    """PostgreSQL: tell listening instances these chains changed (their waiters re-read).
-
-    The payload is the ids, comma-separated: a batch of at most 200 fits the 8,000 bytes a
-    notification may carry.
-    """
-    stmt = store.statement(
-        "announce", lambda: select(func.pg_notify(store.done_channel, bindparam("ids", type_=Text)))
-    )
-    await conn.execute(stmt, {"ids": ",".join(map(str, run_ids))})
-
-
 def in_one_statement(store: Store, items: Sequence[Completion]) -> bool:
     """Whether :func:`complete_many` writes ``items`` with one statement (PostgreSQL, no
     follow-ups)."""
@@ -123,7 +113,10 @@ async def _close_in_one_statement(
 
     The statement text is the same for any batch, so it is prepared once per connection, and
     its WHERE is re-checked on the locked row, so a row another transaction closed first
-    is skipped.
+    is skipped.  The same statement announces the closed rows' run ids on
+    ``{prefix}done``, delivered when it commits, so a waiter on another instance wakes
+    without a round trip of its own.  The payload is the ids, comma-separated: a batch of
+    at most 200 fits the 8,000 bytes a notification may carry.
     """
     stmt = store.statement("complete", lambda: _close_statement(store))
     result = await conn.execute(
@@ -139,7 +132,7 @@ async def _close_in_one_statement(
     )
     closed: set[int] = set()
     cancelled: set[int] = set()
-    for row_id, was_cancelled in result:
+    for row_id, was_cancelled, _ in result:
         closed.add(row_id)
         if was_cancelled:
             cancelled.add(row_id)
@@ -169,7 +162,7 @@ def _close_statement(store: Store) -> Executable:
         .render_derived()
     )
     flagged = runs.c.cancel_requested_at.is_not(None)
-    return (
+    closed = (
         update(runs)
         .where(
             runs.c.id == batch.c.id,
@@ -184,8 +177,17 @@ def _close_statement(store: Store) -> Executable:
             name_active=None,
             run_success_count=runs.c.run_success_count + case((flagged, 0), else_=batch.c.success),
         )
-        .returning(runs.c.id, flagged)
+        .returning(
+            runs.c.id,
+            flagged.label("cancelled"),
+            func.coalesce(runs.c.origin_id, runs.c.id).label("run_id"),
+        )
+        .cte("closed")
     )
+    # An uncorrelated subquery: evaluated once, and only if a row was closed.
+    run_ids = func.string_agg(distinct(cast(closed.c.run_id, Text)), literal(","))
+    announced = select(func.pg_notify(literal(store.done_channel), run_ids)).select_from(closed)
+    return select(closed.c.id, closed.c.cancelled, announced.scalar_subquery())
 
 
 async def _lock_then_close(
