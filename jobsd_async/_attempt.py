@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,8 +179,13 @@ def _retries(
         return True
 
 
-def succeeded(attempt: Attempt, value: object, log: logging.Logger, extra: dict[str, Any]) -> Ending:
-    """A returned value: success with its JSON, or a failure (never retried) if it has none."""
+def succeeded(
+    attempt: Attempt, value: object, log: logging.Logger, extra: Callable[[], dict[str, Any]]
+) -> Ending:
+    """A returned value: success with its JSON, or a failure (never retried) if it has none.
+
+    ``extra`` gives the log record's extra fields, built only if something is logged.
+    """
     assert attempt.contract is not None
     try:
         text = attempt.contract.codec.encode_result(value)
@@ -196,6 +202,6 @@ def succeeded(attempt: Attempt, value: object, log: logging.Logger, extra: dict[
         "jobsd: run %s failed: its result cannot be stored (not retried): %s",
         attempt.row.run_id,
         problem,
-        extra=extra,
+        extra=extra(),
     )
     return Ending(Outcome.FAILED, storable(problem, MAX_ERROR_LENGTH), retry=False)

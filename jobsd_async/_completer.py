@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 
@@ -288,11 +289,12 @@ class Completer:
 
     def _after(self, item: Completion, done: Completed) -> None:
         row, follow_up = item.row, item.follow_up
-        self._log.debug(
-            "jobsd: run %s recorded",
-            row.run_id,
-            extra={**self._extra, "run_id": row.run_id, "row_id": row.id, "job": row.job},
-        )
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "jobsd: run %s recorded",
+                row.run_id,
+                extra={**self._extra, "run_id": row.run_id, "row_id": row.id, "job": row.job},
+            )
         if follow_up is not None and done.follow_up_id is not None:
             if follow_up.rescheduled:
                 self._counters.runs_rescheduled += 1

@@ -235,7 +235,8 @@ class WorkerPool:
             return await self._cannot_run(attempt, describe(exc), None)
         for misfit in attempt.misfits:
             self._log.warning("jobsd: run %s: %s", row.run_id, misfit, extra=self._with(attempt))
-        self._log.debug("jobsd: run %s started", row.run_id, extra=self._with(attempt))
+        if self._log.isEnabledFor(logging.DEBUG):  # (its extra costs more than the call)
+            self._log.debug("jobsd: run %s started", row.run_id, extra=self._with(attempt))
         info = None
         if contract.takes_run_info:
             attempt.progress = Progress(self._store, row, self._id, self._log)
@@ -261,7 +262,7 @@ class WorkerPool:
                 error = exc.raised if isinstance(exc, _RaisedInThread) else exc
                 ending = failed(attempt, error, self._retry_if(attempt), self._log, self._with(attempt))
             else:
-                ending = succeeded(attempt, value, self._log, self._with(attempt))
+                ending = succeeded(attempt, value, self._log, lambda: self._with(attempt))
             if recording:
                 final = ending or attempt.ending
                 outcome = final.outcome.value if final is not None else Outcome.KILLED.value
