@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from ._attempt import Ending
@@ -41,6 +41,7 @@ from ._store._instances import Counters
 from ._store._rows import RunRow, Store
 from ._supervisor import consume
 from ._text import MAX_ERROR_LENGTH, storable
+from ._waiters import Waiters
 
 _RETRY_FIRST = 0.05  # seconds before the first retry of a batch while the database is away
 _RETRY_MAX = 5.0  # seconds, the backoff cap
@@ -77,7 +78,7 @@ class Completer:
         schedules: Mapping[str, ScheduleFunc],
         counters: Counters,
         on_follow_up: Callable[[int, datetime], None],
-        on_chain_change: Callable[[Iterable[int]], None],
+        waiters: Waiters,
         revise: Callable[[RunRow], RunRow | None] = lambda row: row,
     ) -> None:
         self._log = config.logger
@@ -89,7 +90,7 @@ class Completer:
         self._schedules = schedules
         self._counters = counters
         self._on_follow_up = on_follow_up
-        self._on_chain_change = on_chain_change
+        self._waiters = waiters
         self._pending: list[_Pending] = []
         self._pending_size = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -193,7 +194,14 @@ class Completer:
             for pending in batch:
                 pending.future.cancel()
             return sum(1 for p in batch if not p.future.done() or p.future.cancelled())
-        self._on_chain_change({p.item.row.run_id for p in batch})
+        final = {}
+        for pending in batch:
+            future = pending.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                done = future.result()
+                if done is not None and done.final is not None:
+                    final[pending.item.row.run_id] = done.final
+        self._waiters.notify({p.item.row.run_id for p in batch}, final)
         return 0
 
     async def _write(self, batch: list[_Pending]) -> None:
@@ -202,9 +210,13 @@ class Completer:
         while True:
             try:
                 items = [p.item for p in batch]
+                # Chains awaited here that end: their rows come back as written, so that
+                # their waiters need not read them.
+                awaited = self._waiters.awaited
+                finals = [i.row.id for i in items if i.follow_up is None and awaited(i.row.run_id)]
                 results = await self._store.dialect.retrying(
-                    lambda conn, items=items: _complete.complete_many(  # type: ignore[misc]
-                        self._store, conn, items, instance_id=self._id
+                    lambda conn, items=items, finals=finals: _complete.complete_many(  # type: ignore[misc]
+                        self._store, conn, items, instance_id=self._id, finals=finals
                     ),
                     # Closing rows is idempotent (a closed row is skipped); follow-ups are not.
                     one_statement=_complete.in_one_statement(self._store, items),

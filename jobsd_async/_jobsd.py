@@ -301,7 +301,7 @@ class JobsD(Registrations, RunsAPI, QueuesAPI):
                 jobs=self._jobs,
                 schedules=self._schedules,
                 counters=self._counters,
-                on_chain_change=self._waiters.notify,
+                waiters=self._waiters,
                 telemetry=self._telemetry,
             )
             await wrap_errors(runner.start(), "starting")

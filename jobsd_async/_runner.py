@@ -22,7 +22,7 @@ beat (``shutdown_at``); stop listening; close the instance's connections.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +45,7 @@ from ._store._rows import Store
 from ._submission import Submitter
 from ._supervisor import Loops, ticking, waiting
 from ._telemetry import Backlog, Telemetry
+from ._waiters import Waiters
 
 
 class Runner:
@@ -60,7 +61,7 @@ class Runner:
         jobs: Mapping[str, Job[Any]],
         schedules: Mapping[str, ScheduleFunc],
         counters: Counters,
-        on_chain_change: Callable[[Iterable[int]], None],
+        waiters: Waiters,
         telemetry: Telemetry,
     ) -> None:
         self._config = config
@@ -85,7 +86,7 @@ class Runner:
             jobs=jobs,
             submitter=self.submitter,
             dispatcher=self.dispatcher,
-            on_chain_change=on_chain_change,
+            on_chain_change=waiters.notify,
         )
         self.completer = Completer(
             config=config,
@@ -95,7 +96,7 @@ class Runner:
             schedules=schedules,
             counters=counters,
             on_follow_up=self.dispatcher.enqueue,
-            on_chain_change=on_chain_change,
+            waiters=waiters,
             revise=self.periodic.revise,
         )
         self.pool = WorkerPool(
@@ -128,7 +129,7 @@ class Runner:
         self._listener: Subscription | None = None
         listening = store.dialect.is_postgresql and config.listen is not False
         channels: dict[str, Callable[[str], None]] = {
-            store.done_channel: lambda payload: self._runs_finished(on_chain_change, payload)
+            store.done_channel: lambda payload: self._runs_finished(waiters, payload)
         }
         if config.workers > 0:
             channels[store.new_channel] = lambda _: self.dispatcher.wake()
@@ -257,10 +258,6 @@ class Runner:
         """Stop an attempt running here whose chain ``cancel_run`` cancelled."""
         self.pool.stop(row_id, Outcome.CANCELLED)
 
-    def _runs_finished(self, on_chain_change: Callable[[Iterable[int]], None], payload: str) -> None:
-        on_chain_change(_run_ids(payload))
-        self.dispatcher.runs_finished()
-
     def _cancel_notice(self, payload: str) -> None:
         owner, _, row_id = payload.partition(":")
         if owner == str(self._id) and row_id.isdigit():
@@ -270,6 +267,10 @@ class Runner:
         deleted = await _prune.prune(self._store, older_than=retention)
         if deleted:
             self._log.info("jobsd: pruned %d finished runs", deleted, extra=self._extra)
+
+    def _runs_finished(self, waiters: Waiters, payload: str) -> None:
+        waiters.notify(_run_ids(payload))
+        self.dispatcher.runs_finished()
 
 
 def _run_ids(payload: str) -> list[int]:

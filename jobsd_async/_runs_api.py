@@ -165,15 +165,16 @@ class RunsAPI:
         run_id = _run_id(run_id)
         seconds = to_seconds("timeout", timeout, allow_none=True)
         pause = _WAIT_POLL_FIRST
+        final: RunRow | None = None
         async with asyncio.timeout(seconds):
             while True:
-                state = await self.get_run_state(run_id)
+                state = self._state_of(final) if final is not None else await self.get_run_state(run_id)
                 if state.status.finished:
                     return state
                 # News of this chain written here (or, on PostgreSQL, announced by another
-                # instance) wakes us at once; anything else is noticed by the re-check, at
-                # growing intervals.
-                await self._waiters.wait(run_id, pause)
+                # instance) wakes us at once, with the chain's last row if it ended here;
+                # anything else is noticed by the re-check, at growing intervals.
+                final = await self._waiters.wait(run_id, pause)
                 pause = min(pause * 2, _WAIT_POLL_MAX)
 
 

@@ -12,6 +12,7 @@ from conftest import MakeJobsD
 
 import jobsd_async._runs_api as runs_api
 from jobsd_async import RunState
+from jobsd_async._store._rows import RunRow
 from jobsd_async._waiters import Waiters
 
 LONGEST_PAUSE = 0.25  # wait_for_run re-checks at 5 ms, doubling up to 250 ms
@@ -59,7 +60,7 @@ async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
     waits = asyncio.Event()
     wait = Waiters.wait
 
-    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> bool:
+    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> RunRow | None:
         waits.set()
         return await wait(self, run_id, timeout)
 
@@ -81,3 +82,53 @@ async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
         state = await waiting
     assert state.result == "done"
     assert state.run_started_by == worker.instance_id
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+async def test_a_chain_ending_here_hands_its_waiter_the_row_as_written(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """A completion written here that ends an awaited chain returns the row as closed, so
+    the waiter returns without reading it back, and what it returns is what a read gives."""
+    release = asyncio.Event()
+    waits = asyncio.Event()
+    wait = Waiters.wait
+
+    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> RunRow | None:
+        waits.set()
+        return await wait(self, run_id, timeout)
+
+    monkeypatch.setattr(Waiters, "wait", waiting_for_news)
+
+    async def gated(value: int) -> dict[str, int]:
+        await release.wait()
+        if outcome == "failed":
+            raise ValueError(f"no {value}")
+        return {"value": value}
+
+    jd = make_jobsd()
+    job = jd.register_job("gated", gated, retries_error_limit=0)
+    async with jd:
+        run_id = await job.create_run(7).run()
+        reads = 0
+        read = jd.get_run_state
+
+        async def counting(run_id: int) -> RunState:
+            nonlocal reads
+            reads += 1
+            return await read(run_id)
+
+        monkeypatch.setattr(jd, "get_run_state", counting)
+        # Re-checks an hour apart: only the completion's news can end the wait in time.
+        monkeypatch.setattr(runs_api, "_WAIT_POLL_FIRST", 3600.0)
+        waiter = asyncio.create_task(jd.wait_for_run(run_id, timeout=30))
+        await asyncio.wait_for(waits.wait(), 10)  # it read the run running, and waits
+        release.set()
+        state = await waiter
+        assert reads == 1  # the first read only: the completion carried the final row
+        assert state == await read(run_id)
+        assert state.status.finished
+        if outcome == "succeeded":
+            assert state.result == {"value": 7}
+        else:
+            assert state.run_completed_error is not None and "no 7" in state.run_completed_error

@@ -7,7 +7,7 @@ take it in between, and a chain that ends frees it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .._chain import FollowUp
 from .._runs import CANCELLED_TEXT
 from ._create import insert_many
-from ._rows import RunRow, Store
+from ._rows import RunRow, Store, row_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +51,14 @@ class Closing:
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A row was closed; ``follow_up_id`` is the row that continues its chain, if any."""
+    """A row was closed; ``follow_up_id`` is the row that continues its chain, if any.
+
+    ``final`` is the row as closed, when it was asked for and ended its chain.
+    """
 
     follow_up_id: int | None
     cancelled: bool = False
+    final: RunRow | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +72,25 @@ class Completion:
 
 
 async def complete_many(
-    store: Store, conn: AsyncConnection, items: Sequence[Completion], *, instance_id: int
+    store: Store,
+    conn: AsyncConnection,
+    items: Sequence[Completion],
+    *,
+    instance_id: int,
+    finals: Collection[int] = (),
 ) -> list[Completed | None]:
     """Close many rows and insert their follow-ups, in the caller's one transaction.
 
     A row is closed only if it is still open and owned by its item's ``owner_id``; else
     its result is None and nothing is written for it.  A row whose chain ``cancel_run``
     flagged is closed as cancelled, whatever its closing says, with no follow-up.
+    The rows whose ids are in ``finals`` (items without a follow-up) come back as closed,
+    in ``Completed.final``: on PostgreSQL from the same statement, elsewhere read in the
+    same transaction.
     """
+    final: dict[int, RunRow] = {}
     if store.dialect.is_postgresql:
-        closed, cancelled = await _close_in_one_statement(store, conn, items)
+        closed, cancelled = await _close_in_one_statement(store, conn, items, final if finals else None)
     else:
         closed, cancelled = await _lock_then_close(store, conn, items)
     closing = [i for i in items if i.row.id in closed and i.row.id not in cancelled]
@@ -88,16 +101,30 @@ async def complete_many(
         rows = [follow_up_values(i.row, i.follow_up, instance_id=instance_id, now=now) for i in following]  # type: ignore[arg-type]
         new_ids = await insert_many(store, conn, rows)
         follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
+    ended = [row_id for row_id in finals if row_id in closed and row_id not in follow_up_ids]
+    if ended and not store.dialect.is_postgresql:
+        final = await _read_rows(store, conn, ended)
     results: list[Completed | None] = []
     for item in items:
         row_id = item.row.id
         if row_id in cancelled:
-            results.append(Completed(follow_up_id=None, cancelled=True))
+            results.append(Completed(follow_up_id=None, cancelled=True, final=final.get(row_id)))
         elif row_id in closed:
-            results.append(Completed(follow_up_id=follow_up_ids.get(row_id)))
+            follow_up_id = follow_up_ids.get(row_id)
+            last = final.get(row_id) if follow_up_id is None else None
+            results.append(Completed(follow_up_id=follow_up_id, final=last))
         else:
             results.append(None)
     return results
+
+
+async def _read_rows(store: Store, conn: AsyncConnection, ids: list[int]) -> dict[int, RunRow]:
+    runs = store.runs
+    stmt = store.statement(
+        "rows by id",
+        lambda: select(*row_columns(runs)).where(runs.c.id.in_(bindparam("ids", expanding=True))),
+    )
+    return {row.id: row for row in map(RunRow._make, await conn.execute(stmt, {"ids": ids}))}
 
 
 def in_one_statement(store: Store, items: Sequence[Completion]) -> bool:
@@ -107,7 +134,7 @@ def in_one_statement(store: Store, items: Sequence[Completion]) -> bool:
 
 
 async def _close_in_one_statement(
-    store: Store, conn: AsyncConnection, items: Sequence[Completion]
+    store: Store, conn: AsyncConnection, items: Sequence[Completion], rows: dict[int, RunRow] | None
 ) -> tuple[set[int], set[int]]:
     """PostgreSQL: one UPDATE over the arrays of the batch; returns (closed ids, cancelled ids).
 
@@ -117,8 +144,11 @@ async def _close_in_one_statement(
     ``{prefix}done``, delivered when it commits, so a waiter on another instance wakes
     without a round trip of its own.  The payload is the ids, comma-separated: a batch of
     at most 200 fits the 8,000 bytes a notification may carry.
+
+    With ``rows``, the statement returns the closed rows whole, into ``rows`` by id.
     """
-    stmt = store.statement("complete", lambda: _close_statement(store))
+    whole = rows is not None
+    stmt = store.statement(("complete", whole), lambda: _close_statement(store, whole_rows=whole))
     result = await conn.execute(
         stmt,
         {
@@ -132,14 +162,20 @@ async def _close_in_one_statement(
     )
     closed: set[int] = set()
     cancelled: set[int] = set()
-    for row_id, was_cancelled, _ in result:
+    width = len(RunRow._fields)
+    for returned in result:
+        row_id, was_cancelled = returned[0], returned[-2]
         closed.add(row_id)
         if was_cancelled:
             cancelled.add(row_id)
+        if rows is not None:
+            rows[row_id] = RunRow._make(returned[:width])
     return closed, cancelled
 
 
-def _close_statement(store: Store) -> Executable:
+def _close_statement(store: Store, *, whole_rows: bool) -> Executable:
+    """The batch's UPDATE; returns each closed row's id (or, with ``whole_rows``, the whole
+    row), whether it was closed as cancelled, and the announcement's (void) value."""
     runs = store.runs
     batch = (
         func.unnest(
@@ -178,16 +214,17 @@ def _close_statement(store: Store) -> Executable:
             run_success_count=runs.c.run_success_count + case((flagged, 0), else_=batch.c.success),
         )
         .returning(
-            runs.c.id,
+            *(row_columns(runs) if whole_rows else [runs.c.id]),
             flagged.label("cancelled"),
-            func.coalesce(runs.c.origin_id, runs.c.id).label("run_id"),
+            func.coalesce(runs.c.origin_id, runs.c.id).label("chain_id"),
         )
         .cte("closed")
     )
     # An uncorrelated subquery: evaluated once, and only if a row was closed.
-    run_ids = func.string_agg(distinct(cast(closed.c.run_id, Text)), literal(","))
+    run_ids = func.string_agg(distinct(cast(closed.c.chain_id, Text)), literal(","))
     announced = select(func.pg_notify(literal(store.done_channel), run_ids)).select_from(closed)
-    return select(closed.c.id, closed.c.cancelled, announced.scalar_subquery())
+    returned = [closed.c[name] for name in RunRow._fields] if whole_rows else [closed.c.id]
+    return select(*returned, closed.c.cancelled, announced.scalar_subquery())
 
 
 async def _lock_then_close(
