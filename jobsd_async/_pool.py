@@ -32,6 +32,7 @@ from ._attempt import Attempt, Ending, failed, succeeded
 from ._chain import Outcome, describe
 from ._completer import Completer, Written
 from ._config import MAX_DURATION, Config
+from ._deadlines import Deadlines
 from ._jobs import Job
 from ._progress import Progress
 from ._retry import RetryIf
@@ -119,6 +120,7 @@ class WorkerPool:
         self._none_holding: asyncio.Event | None = None  # the drain's: set once no slot is held
         self._deferred: dict[int, Ending] = {}  # kills whose completion waits for the job to end
         self._hurry = asyncio.Event()  # set: shutdown hands running jobs over at once
+        self._timeouts = Deadlines(lambda row_id: self.stop(row_id, Outcome.TIMED_OUT))
 
     # ---------------------------------------------------------------- what runs here
 
@@ -193,11 +195,9 @@ class WorkerPool:
 
     async def _run(self, attempt: Attempt) -> None:
         row = attempt.row
-        timer = None
         if row.run_timeout_at is not None and row.run_timeout is not None and row.run_timeout > 0:
             # Counted from now, just after the claim its deadline is based on: never early.
-            delay = min(row.run_timeout, MAX_DURATION)
-            timer = asyncio.get_running_loop().call_later(delay, self.stop, row.id, Outcome.TIMED_OUT)
+            self._timeouts.add(row.id, min(row.run_timeout, MAX_DURATION))
         try:
             ending = await self._execute(attempt)
         except asyncio.CancelledError:
@@ -213,8 +213,7 @@ class WorkerPool:
                 self._end(attempt, ending)
                 raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            self._timeouts.discard(row.id)
         if ending is not None:
             self._end(attempt, ending)
 
@@ -391,6 +390,7 @@ class WorkerPool:
                 hurried.cancel()
         for row_id in self.running():
             self.stop(row_id, Outcome.KILLED)
+        self._timeouts.close()
         # Every slot freed: each job (and each sync job's thread) has ended.
         if not self._holding:
             return
