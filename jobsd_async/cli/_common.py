@@ -220,13 +220,16 @@ MOMENT = MomentType()
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON data: dataclasses as objects (private fields left out), times in ISO 8601."""
+    """``value`` as JSON data: dataclasses and named tuples as objects (private fields left
+    out), times in ISO 8601."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: jsonable(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if not f.name.startswith("_")
         }
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return jsonable(value._asdict())
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime):
