@@ -57,11 +57,60 @@ Written = Completed | None
 """What a completion did: its row closed (and follow-up), or None if the row was closed elsewhere."""
 
 
+class Reported:
+    """What became of a completion, handed to a callback the moment it is known.
+
+    It answers like a done future (``cancelled``, ``exception``, ``result``), without a
+    future per completion nor a turn of the event loop to run its callback.
+    """
+
+    __slots__ = ("_call", "_cancelled", "_done", "_exception", "_result")
+
+    def __init__(self, call: Callable[[Reported], object]) -> None:
+        self._call = call
+        self._done = self._cancelled = False
+        self._result: Written = None
+        self._exception: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def exception(self) -> BaseException | None:
+        return self._exception
+
+    def result(self) -> Written:
+        return self._result
+
+    def set_result(self, written: Written) -> None:
+        self._result = written
+        self._report()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exception = exc
+        self._report()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._report()
+
+    def _report(self) -> None:
+        self._done = True
+        try:
+            self._call(self)
+        except Exception as exc:  # as a future's callback would: reported, and the writer goes on
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "jobsd: a completion's callback failed", "exception": exc}
+            )
+
+
 @dataclasses.dataclass(slots=True)
 class _Pending:
     item: Completion
     ending: Ending
-    future: asyncio.Future[Written]
+    future: asyncio.Future[Written] | Reported
     size: int
     degraded: int = 0  # how many times the database refused it and it was made simpler
     refusals: int = 0  # failed writes of it alone, in a row
@@ -110,6 +159,19 @@ class Completer:
         Completions arriving within a few milliseconds share one transaction.  A periodic
         chain's follow-up follows the definition in code (see ``_periodic``).
         """
+        future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        self._queue(row, ending, owner_id, future)
+        return future
+
+    def submit_then(
+        self, row: RunRow, ending: Ending, *, owner_id: int, then: Callable[[Reported], object]
+    ) -> None:
+        """:meth:`submit`, calling ``then`` with what became of it as soon as that is known."""
+        self._queue(row, ending, owner_id, Reported(then))
+
+    def _queue(
+        self, row: RunRow, ending: Ending, owner_id: int, future: asyncio.Future[Written] | Reported
+    ) -> None:
         revised = self._revise(row)
         item = Completion(
             row=row if revised is None else revised,
@@ -122,8 +184,7 @@ class Completer:
             follow_up=None if revised is None else self.plan(revised, ending),
             owner_id=owner_id,
         )
-        loop = asyncio.get_running_loop()
-        pending = _Pending(item, ending, loop.create_future(), _size(item))
+        pending = _Pending(item, ending, future, _size(item))
         if self._pending and self._pending_size + pending.size > _BATCH_CHARS:
             self._start_flush()
         self._pending.append(pending)
@@ -135,8 +196,7 @@ class Completer:
             # ready now have run (completions ending together still share it).  Otherwise
             # wait a little for others to share the next transaction.
             delay = _FLUSH_DELAY if self._flushes else 0.0
-            self._flush_timer = loop.call_later(delay, self._start_flush)
-        return pending.future
+            self._flush_timer = asyncio.get_running_loop().call_later(delay, self._start_flush)
 
     async def close(self) -> int:
         """Write what is buffered, then stop; returns how many completions were abandoned.

@@ -30,7 +30,7 @@ from typing import Any
 
 from ._attempt import Attempt, Ending, failed, succeeded
 from ._chain import Outcome, describe
-from ._completer import Completer, Written
+from ._completer import Completer, Reported
 from ._config import MAX_DURATION, Config
 from ._deadlines import Deadlines
 from ._jobs import Job
@@ -336,10 +336,14 @@ class WorkerPool:
         return True
 
     def _submit(self, attempt: Attempt, ending: Ending) -> None:
-        future = self._completer.submit(attempt.row, ending, owner_id=self._id)
-        future.add_done_callback(lambda f: self._recorded(attempt, ending, f))
+        self._completer.submit_then(
+            attempt.row,
+            ending,
+            owner_id=self._id,
+            then=lambda written: self._recorded(attempt, ending, written),
+        )
 
-    def _recorded(self, attempt: Attempt, ending: Ending, future: asyncio.Future[Written]) -> None:
+    def _recorded(self, attempt: Attempt, ending: Ending, future: Reported) -> None:
         self._attempts.pop(attempt.row.id, None)
         if future.cancelled():
             return  # abandoned at shutdown: another instance's timeout check recovers the row
