@@ -71,6 +71,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if type(value) is datetime and value.tzinfo is UTC:  # (asyncpg's: as is, no copy)
+            return value
         if not isinstance(value, datetime):  # SQLite expressions may come back as text
             value = datetime.fromisoformat(str(value))
         assert isinstance(value, datetime)
