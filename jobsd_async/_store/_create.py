@@ -70,17 +70,9 @@ async def insert_claimed(
     is paused is inserted pending instead (``run_started_at`` is None).  Needs RETURNING.
     """
     timeout = values["run_timeout"]
-    open_queue = _queue_open(store)
-
-    def when_open(value: Any) -> Any:
-        return case((open_queue, value), else_=null())
-
     claimed = {
         **values,
-        "run_started_at": when_open(store.dialect.now()),
-        "run_started_by": when_open(bindparam(STARTED_BY, type_=BigInteger)),
-        "run_total_count": case((open_queue, 1), else_=0),
-        "run_timeout_at": None if timeout is None else when_open(clock_plus(store, TIMEOUT)),
+        **_claimed_expressions(store, timed=timeout is not None),
         QUEUE: values["queue"],
         STARTED_BY: instance_id,
     }
@@ -88,6 +80,26 @@ async def insert_claimed(
         claimed[TIMEOUT] = timeout
     row, run_id = await _insert_first(store, conn, claimed, whole_row=True)
     return (None if row is None else RunRow.of(row)), run_id
+
+
+def _claimed_expressions(store: Store, *, timed: bool) -> dict[str, Any]:
+    """The columns that claim a row as it is inserted, unless its queue is paused (built
+    once: building them per insert cost more than the rest of the statement's preparation)."""
+
+    def build() -> dict[str, Any]:
+        open_queue = _queue_open(store)
+
+        def when_open(value: Any) -> Any:
+            return case((open_queue, value), else_=null())
+
+        return {
+            "run_started_at": when_open(store.dialect.now()),
+            "run_started_by": when_open(bindparam(STARTED_BY, type_=BigInteger)),
+            "run_total_count": case((open_queue, 1), else_=0),
+            "run_timeout_at": when_open(clock_plus(store, TIMEOUT)) if timed else None,
+        }
+
+    return store.statement(("claimed expressions", timed), build)
 
 
 def _queue_open(store: Store) -> ColumnElement[bool]:
