@@ -160,6 +160,10 @@ class RunsAPI:
         assert seconds is not None
         return await wrap_errors(_prune.prune(store, older_than=seconds), "pruning")
 
+    def _runs_here(self, run_id: int) -> bool:
+        """Whether the first attempt of ``run_id`` runs on this instance now."""
+        return self._runner is not None and self._runner.pool.is_tracking(run_id)
+
     async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState[Any]:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""
         run_id = _run_id(run_id)
@@ -168,8 +172,15 @@ class RunsAPI:
         final: RunRow | None = None
         async with asyncio.timeout(seconds):
             while True:
-                state = self._state_of(final) if final is not None else await self.get_run_state(run_id)
-                if state.status.finished:
+                state: RunState[Any] | None = None
+                if final is not None:
+                    state = self._state_of(final)
+                elif not self._runs_here(run_id):
+                    state = await self.get_run_state(run_id)
+                # (Else its attempt runs here: its completion, written here, brings the news,
+                # and there is nothing to read yet.  The check and the registration of the
+                # wait below happen in one step of the event loop: no completion between.)
+                if state is not None and state.status.finished:
                     return state
                 # News of this chain written here (or, on PostgreSQL, announced by another
                 # instance) wakes us at once, with the chain's last row if it ended here;
