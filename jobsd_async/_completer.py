@@ -85,16 +85,19 @@ class Reported:
         return self._result
 
     def set_result(self, written: Written) -> None:
-        self._result = written
-        self._report()
+        if not self._done:
+            self._result = written
+            self._report()
 
     def set_exception(self, exc: BaseException) -> None:
-        self._exception = exc
-        self._report()
+        if not self._done:
+            self._exception = exc
+            self._report()
 
     def cancel(self) -> None:
-        self._cancelled = True
-        self._report()
+        if not self._done:  # (as a future's: no effect once done)
+            self._cancelled = True
+            self._report()
 
     def _report(self) -> None:
         self._done = True

@@ -28,8 +28,9 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
 
-    def add(self, key: int, delay: float) -> None:
-        """Expire ``key`` ``delay`` seconds from now (replacing a deadline it had)."""
+    def add(self, key: int, delay: float) -> float:
+        """Expire ``key`` ``delay`` seconds from now (replacing a deadline it had); returns
+        the deadline, for :meth:`discard`."""
         loop = asyncio.get_running_loop()
         at = loop.time() + delay
         self._live[key] = at
@@ -39,10 +40,12 @@ class Deadlines:
         elif len(self._heap) > 2 * len(self._live) + _REBUILD_SLACK:
             self._heap = [(when, k) for k, when in self._live.items()]
             heapq.heapify(self._heap)
+        return at
 
-    def discard(self, key: int) -> None:
-        """Forget the deadline of ``key``, if it has one."""
-        self._live.pop(key, None)
+    def discard(self, key: int, at: float) -> None:
+        """Forget the deadline ``at`` of ``key``, if it still has that one."""
+        if self._live.get(key) == at:
+            del self._live[key]
 
     def close(self) -> None:
         """Forget every deadline, and the timer."""
@@ -75,4 +78,7 @@ class Deadlines:
             else:
                 heapq.heappop(heap)
                 del live[key]
-                self._expire(key)
+                try:
+                    self._expire(key)
+                except Exception as exc:  # the other deadlines still expire
+                    loop.call_exception_handler({"message": "jobsd: a run timeout failed", "exception": exc})

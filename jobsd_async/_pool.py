@@ -195,9 +195,10 @@ class WorkerPool:
 
     async def _run(self, attempt: Attempt) -> None:
         row = attempt.row
+        deadline = None
         if row.run_timeout_at is not None and row.run_timeout is not None and row.run_timeout > 0:
             # Counted from now, just after the claim its deadline is based on: never early.
-            self._timeouts.add(row.id, min(row.run_timeout, MAX_DURATION))
+            deadline = self._timeouts.add(row.id, min(row.run_timeout, MAX_DURATION))
         try:
             ending = await self._execute(attempt)
         except asyncio.CancelledError:
@@ -213,7 +214,8 @@ class WorkerPool:
                 self._end(attempt, ending)
                 raise
         finally:
-            self._timeouts.discard(row.id)
+            if deadline is not None:
+                self._timeouts.discard(row.id, deadline)
         if ending is not None:
             self._end(attempt, ending)
 

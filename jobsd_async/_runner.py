@@ -269,7 +269,11 @@ class Runner:
             self._log.info("jobsd: pruned %d finished runs", deleted, extra=self._extra)
 
     def _runs_finished(self, waiters: Waiters, payload: str) -> None:
-        waiters.notify(_run_ids(payload))
+        # Not the waiters of runs whose attempt runs here: this instance's own completion of
+        # it wakes them, with the row, and its announcement may arrive first.  (Were it
+        # finished elsewhere, their re-checks notice it.)
+        tracking = self.pool.is_tracking
+        waiters.notify(run_id for run_id in _run_ids(payload) if not tracking(run_id))
         self.dispatcher.runs_finished()
 
 

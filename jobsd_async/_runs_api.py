@@ -170,12 +170,13 @@ class RunsAPI:
         seconds = to_seconds("timeout", timeout, allow_none=True)
         pause = _WAIT_POLL_FIRST
         final: RunRow | None = None
+        read_anyway = False
         async with asyncio.timeout(seconds):
             while True:
                 state: RunState[Any] | None = None
                 if final is not None:
                     state = self._state_of(final)
-                elif not self._runs_here(run_id):
+                elif read_anyway or not self._runs_here(run_id):
                     state = await self.get_run_state(run_id)
                 # (Else its attempt runs here: its completion, written here, brings the news,
                 # and there is nothing to read yet.  The check and the registration of the
@@ -185,7 +186,12 @@ class RunsAPI:
                 # News of this chain written here (or, on PostgreSQL, announced by another
                 # instance) wakes us at once, with the chain's last row if it ended here;
                 # anything else is noticed by the re-check, at growing intervals.
-                final = await self._waiters.wait(run_id, pause)
+                news, final = await self._waiters.wait(run_id, pause)
+                # While its attempt runs here, read all the same once the re-checks are as far
+                # apart as they get: it may have been taken over and finished elsewhere.
+                # (News without the row is no reason: on PostgreSQL this instance's own
+                # announcement may arrive before its completion's answer.)
+                read_anyway = not news and pause >= _WAIT_POLL_MAX
                 pause = min(pause * 2, _WAIT_POLL_MAX)
 
 

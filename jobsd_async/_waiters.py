@@ -40,16 +40,16 @@ class Waiters:
         """Wake every waiter (the instance is going down)."""
         self.notify(list(self._waiting))
 
-    async def wait(self, run_id: int, timeout: float) -> RunRow | None:
-        """Wait for news of ``run_id`` for up to ``timeout`` seconds; the last row of its
-        chain if the news carried it, else None (news without it, or no news)."""
+    async def wait(self, run_id: int, timeout: float) -> tuple[bool, RunRow | None]:
+        """Wait for news of ``run_id`` for up to ``timeout`` seconds: (whether news came,
+        the last row of its chain if the news carried it)."""
         future: asyncio.Future[RunRow | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(run_id, set()).add(future)
         try:
             async with asyncio.timeout(timeout):
-                return await future
+                return True, await future
         except TimeoutError:
-            return None
+            return False, None
         finally:
             waiting = self._waiting.get(run_id)
             if waiting is not None:

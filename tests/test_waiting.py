@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
-from conftest import MakeJobsD
+from conftest import MakeJobsD, jd_prefix
+from sqlalchemy import update
 
 import jobsd_async._runs_api as runs_api
 from jobsd_async import RunState
@@ -60,7 +62,7 @@ async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
     waits = asyncio.Event()
     wait = Waiters.wait
 
-    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> RunRow | None:
+    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> tuple[bool, RunRow | None]:
         waits.set()
         return await wait(self, run_id, timeout)
 
@@ -94,7 +96,7 @@ async def test_a_chain_ending_here_hands_its_waiter_the_row_as_written(
     waits = asyncio.Event()
     wait = Waiters.wait
 
-    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> RunRow | None:
+    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> tuple[bool, RunRow | None]:
         waits.set()
         return await wait(self, run_id, timeout)
 
@@ -165,3 +167,37 @@ async def test_a_run_started_here_is_awaited_without_reading_it(
     if backend in ("postgresql", "mariadb"):  # direct start: running here once run() returns
         assert unfinished_reads == 0
     # (SQLite: the dispatcher claims it, maybe after the wait began, which then reads it.)
+
+
+async def test_a_run_finished_elsewhere_while_it_still_runs_here_is_noticed(
+    make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose attempt still runs here but whose row was closed elsewhere (taken over
+    while this instance looked dead) is noticed by the waiter's re-checks, not only when
+    the job here ends."""
+    monkeypatch.setattr(runs_api, "_WAIT_POLL_MAX", 0.05)  # re-checks soon as far apart as they get
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def gated() -> None:
+        started.set()
+        await release.wait()
+
+    jd = make_jobsd()
+    job = jd.register_job("gated", gated)
+    async with jd:
+        run_id = await job.create_run().run()
+        await asyncio.wait_for(started.wait(), 10)
+        runs = jd.metadata.tables[f"{jd_prefix(jd)}runs"]
+        async with jd.engine.begin() as conn:  # as another instance's take-over would close it
+            await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(run_completed_at=datetime.now(UTC), run_completed_error="job run timed out")
+            )
+        try:
+            state = await jd.wait_for_run(run_id, timeout=10)  # the job here still runs
+            assert state.status.finished and state.run_completed_error == "job run timed out"
+            assert not release.is_set()
+        finally:
+            release.set()

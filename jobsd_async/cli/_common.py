@@ -27,6 +27,7 @@ from .._admin import Admin
 from .._config import DEFAULT_TABLE_PREFIX, MAX_DURATION
 from .._jobs import Job
 from .._jobsd import JobsD
+from .._store._rows import RunRow
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -220,7 +221,7 @@ MOMENT = MomentType()
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON data: dataclasses and named tuples as objects (private fields left
+    """``value`` as JSON data: dataclasses and stored rows as objects (private fields left
     out), times in ISO 8601."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
@@ -228,7 +229,7 @@ def jsonable(value: Any) -> Any:
             for f in dataclasses.fields(value)
             if not f.name.startswith("_")
         }
-    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+    if isinstance(value, RunRow):
         return jsonable(value._asdict())
     if isinstance(value, enum.Enum):
         return value.value
