@@ -259,6 +259,10 @@ class Dialect:
                 return False
             if self.name == "postgresql":
                 state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+                if "NOTIFY queue" in str(exc.orig):
+                    # A full notification queue (a listener stopped reading) is not this data's
+                    # fault: the write waits for it to drain, as for a full disk.
+                    return False
                 # data exception, integrity violation, program limit exceeded (e.g. index row size)
                 return state[:2] in ("22", "23", "54")
             if self.name == "mysql":
