@@ -20,6 +20,19 @@ from jobsd_async._waiters import Waiters
 LONGEST_PAUSE = 0.25  # wait_for_run re-checks at 5 ms, doubling up to 250 ms
 
 
+def wait_begins(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set once a ``wait_for_run`` caller waits for news (after any read)."""
+    waits = asyncio.Event()
+    wait = Waiters.wait
+
+    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> tuple[bool, RunRow | None]:
+        waits.set()
+        return await wait(self, run_id, timeout)
+
+    monkeypatch.setattr(Waiters, "wait", waiting_for_news)
+    return waits
+
+
 async def test_a_waiter_is_not_woken_by_other_runs_completions(
     make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,14 +72,7 @@ async def test_a_waiter_is_woken_by_a_completion_on_another_instance(
     monkeypatch.setattr(runs_api, "_WAIT_POLL_FIRST", 3600.0)
     monkeypatch.setattr(runs_api, "_WAIT_POLL_MAX", 3600.0)
     release = asyncio.Event()
-    waits = asyncio.Event()
-    wait = Waiters.wait
-
-    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> tuple[bool, RunRow | None]:
-        waits.set()
-        return await wait(self, run_id, timeout)
-
-    monkeypatch.setattr(Waiters, "wait", waiting_for_news)
+    waits = wait_begins(monkeypatch)
 
     async def gated() -> str:
         await release.wait()
@@ -93,14 +99,7 @@ async def test_a_chain_ending_here_hands_its_waiter_the_row_as_written(
     """A completion written here that ends an awaited chain returns the row as closed, so
     the waiter returns without reading it back, and what it returns is what a read gives."""
     release = asyncio.Event()
-    waits = asyncio.Event()
-    wait = Waiters.wait
-
-    async def waiting_for_news(self: Waiters, run_id: int, timeout: float) -> tuple[bool, RunRow | None]:
-        waits.set()
-        return await wait(self, run_id, timeout)
-
-    monkeypatch.setattr(Waiters, "wait", waiting_for_news)
+    waits = wait_begins(monkeypatch)
 
     async def gated(value: int) -> dict[str, int]:
         await release.wait()
