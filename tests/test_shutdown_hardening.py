@@ -29,8 +29,10 @@ from jobsd_async import JobsDStateError, RunInfo, RunStatus
 async def test_a_draining_instance_keeps_beating_so_a_peer_never_reruns_its_job(
     make_jobsd: MakeJobsD,
 ) -> None:
-    leaving = make_jobsd(heartbeat_interval=0.2, shutdown_timeout=30)
-    peer = make_jobsd(heartbeat_interval=0.2, timeout_check=0.05)
+    # Beats 0.5 s apart: three missed (1.5 s) make an instance dead.  (At 0.2 s apart, a
+    # loaded two-core CI host once delayed a beat past the 0.6 s that allowed.)
+    leaving = make_jobsd(heartbeat_interval=0.5, shutdown_timeout=30)
+    peer = make_jobsd(heartbeat_interval=0.5, timeout_check=0.05)
     started = asyncio.Event()
     release = asyncio.Event()
     executed: Counter[str] = Counter()
@@ -53,9 +55,9 @@ async def test_a_draining_instance_keeps_beating_so_a_peer_never_reruns_its_job(
         async with asyncio.timeout(10):
             await started.wait()
         going_down = asyncio.create_task(leaving.down())
-        # The drain lasts ten of the leaving instance's heartbeat intervals (three missed
+        # The drain lasts eight of the leaving instance's heartbeat intervals (three missed
         # beats make an instance dead) while the peer checks for the dead every 50 ms.
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(4.0)
         assert not going_down.done()
         release.set()
         await going_down
