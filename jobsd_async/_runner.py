@@ -268,12 +268,16 @@ class Runner:
         if deleted:
             self._log.info("jobsd: pruned %d finished runs", deleted, extra=self._extra)
 
+    def runs_here(self, run_id: int) -> bool:
+        """Whether the first attempt of ``run_id`` runs on this instance now (its completion
+        is not written yet)."""
+        return self.pool.is_tracking(run_id)
+
     def _runs_finished(self, waiters: Waiters, payload: str) -> None:
         # Not the waiters of runs whose attempt runs here: this instance's own completion of
         # it wakes them, with the row, and its announcement may arrive first.  (Were it
         # finished elsewhere, their re-checks notice it.)
-        tracking = self.pool.is_tracking
-        waiters.notify(run_id for run_id in _run_ids(payload) if not tracking(run_id))
+        waiters.notify(run_id for run_id in _run_ids(payload) if not self.runs_here(run_id))
         self.dispatcher.runs_finished()
 
 

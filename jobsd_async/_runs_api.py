@@ -160,10 +160,6 @@ class RunsAPI:
         assert seconds is not None
         return await wrap_errors(_prune.prune(store, older_than=seconds), "pruning")
 
-    def _runs_here(self, run_id: int) -> bool:
-        """Whether the first attempt of ``run_id`` runs on this instance now."""
-        return self._runner is not None and self._runner.pool.is_tracking(run_id)
-
     async def wait_for_run(self, run_id: int, timeout: Duration | None = None) -> RunState[Any]:
         """Wait until the run's chain has finished; raises TimeoutError after ``timeout``."""
         run_id = _run_id(run_id)
@@ -176,7 +172,7 @@ class RunsAPI:
                 state: RunState[Any] | None = None
                 if final is not None:
                     state = self._state_of(final)
-                elif read_anyway or not self._runs_here(run_id):
+                elif read_anyway or self._runner is None or not self._runner.runs_here(run_id):
                     state = await self.get_run_state(run_id)
                 # (Else its attempt runs here: its completion, written here, brings the news,
                 # and there is nothing to read yet.  The check and the registration of the

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._chain import FollowUp
 from .._runs import CANCELLED_TEXT
+from . import _read
 from ._create import insert_many
 from ._rows import RunRow, Store, row_columns
 
@@ -103,7 +104,7 @@ async def complete_many(
         follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
     ended = [row_id for row_id in finals if row_id in closed and row_id not in follow_up_ids]
     if ended and not store.dialect.is_postgresql:
-        final = await _read_rows(store, conn, ended)
+        final = await _read.rows_by_id(store, conn, ended)
     results: list[Completed | None] = []
     for item in items:
         row_id = item.row.id
@@ -116,15 +117,6 @@ async def complete_many(
         else:
             results.append(None)
     return results
-
-
-async def _read_rows(store: Store, conn: AsyncConnection, ids: list[int]) -> dict[int, RunRow]:
-    runs = store.runs
-    stmt = store.statement(
-        "rows by id",
-        lambda: select(*row_columns(runs)).where(runs.c.id.in_(bindparam("ids", expanding=True))),
-    )
-    return {row.id: row for row in map(RunRow._make, await conn.execute(stmt, {"ids": ids}))}
 
 
 def in_one_statement(store: Store, items: Sequence[Completion]) -> bool:

@@ -1,4 +1,4 @@
-"""Reading runs back: a row by id and the latest row of a chain."""
+"""Reading runs back: rows by id and the latest row of a chain."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import BindParameter, Select, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._clock import DbClock
-from ._rows import RunRow, Store
+from ._rows import RunRow, Store, row_columns
 
 
 async def latest_of_chain(store: Store, conn: AsyncConnection, run_id: int) -> RunRow | None:
@@ -17,6 +17,16 @@ async def latest_of_chain(store: Store, conn: AsyncConnection, run_id: int) -> R
     stmt = store.statement("latest of chain", lambda: latest_statement(store, bindparam("run_id")))
     row = (await conn.execute(stmt, {"run_id": run_id})).mappings().first()
     return None if row is None else RunRow.of(row)
+
+
+async def rows_by_id(store: Store, conn: AsyncConnection, ids: list[int]) -> dict[int, RunRow]:
+    """The rows with these ids (those that exist), by id."""
+    runs = store.runs
+    stmt = store.statement(
+        "rows by id",
+        lambda: select(*row_columns(runs)).where(runs.c.id.in_(bindparam("ids", expanding=True))),
+    )
+    return {row.id: row for row in map(RunRow._make, await conn.execute(stmt, {"ids": ids}))}
 
 
 def latest_statement(store: Store, run_id: int | BindParameter[Any]) -> Select[Any]:
