@@ -106,7 +106,11 @@ class Submitter:
         try:
             row, run_id = await wrap_errors(
                 store.dialect.retrying(
-                    lambda c: _create.insert_claimed(store, c, values, instance_id=self.instance_id)
+                    lambda c: _create.insert_claimed(store, c, values, instance_id=self.instance_id),
+                    # Run again after a lost answer, the insert finds its own row holding the
+                    # name and returns that chain's id: the row, claimed here but not started,
+                    # is handed over by the resurrector, like a claim whose answer was lost.
+                    one_statement=True,
                 ),
                 "creating a run",
             )

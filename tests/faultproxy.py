@@ -1,11 +1,12 @@
 """An asyncio TCP proxy that can cut the database off: drop every connection and refuse new
-ones (an outage), or keep them open and let nothing through (a black hole)."""
+ones (an outage), keep them open and let nothing through (a black hole), or lose the
+answer to one statement that the server carried out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -17,6 +18,7 @@ class FaultProxy:
         self._down = False
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._losing: tuple[bytes, asyncio.Event] | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -63,6 +65,18 @@ class FaultProxy:
         finally:
             self._flowing.set()
 
+    @contextlib.contextmanager
+    def losing_answer(self, marker: bytes) -> Iterator[asyncio.Event]:
+        """While inside: the first answer from the server that contains ``marker`` is thrown
+        away and its connection dropped (the statement was carried out, the client never
+        hears of it); the event is set once that happened."""
+        lost = asyncio.Event()
+        self._losing = (marker, lost)
+        try:
+            yield lost
+        finally:
+            self._losing = None
+
     def cut(self) -> None:
         """Drop every open connection (new ones are let through)."""
         self._cut()
@@ -82,12 +96,25 @@ class FaultProxy:
             writer.transport.abort()
             return
         self._pipes.update((writer, up_writer))
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer, answers_to=up_writer)
+        )
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        answers_to: asyncio.StreamWriter | None = None,
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                if answers_to is not None and self._losing is not None and self._losing[0] in data:
+                    _, lost = self._losing
+                    self._losing = None
+                    lost.set()
+                    answers_to.transport.abort()
+                    break
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -17,12 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import BACKENDS, drop_tables, eventually
+from conftest import BACKENDS, drop_tables, eventually, fetch_runs
 from faultproxy import FaultProxy
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from jobsd_async import JobsD, RunInfo, StoreError
+from jobsd_async import JobsD, RunInfo, RunStatus, StoreError
 
 OUTAGE = 3.0  # seconds
 
@@ -110,6 +110,50 @@ async def test_outage_during_load_loses_and_doubles_nothing(
         assert max(executed.values()) == 1, "a row executed twice"
     finally:
         await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
+async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
+    proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str, backend: str
+) -> None:
+    # A run created where it can start at once is inserted already claimed; on PostgreSQL
+    # in one statement, without BEGIN and COMMIT.  Its answer is lost after the server
+    # carried it out: the retry must not start a second chain, and the row (claimed here,
+    # never started) must still run.  On MariaDB the insert's transaction never committed.
+    faulty = create_async_engine(proxy.proxied(database_url))
+    jd = JobsD(
+        faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.2, timeout_check=0.2
+    )
+    ran: list[int] = []
+
+    @jd.job(name="answer-lost-job")
+    async def work(info: RunInfo) -> str:
+        ran.append(info.id)
+        return "done"
+
+    try:
+        async with jd:
+            # The insert's answer is the first to carry the job's name (RETURNING the row).
+            with proxy.losing_answer(b"answer-lost-job") as lost:
+                run_id = await work.create_run().run()
+            assert lost.is_set(), "no answer was lost; the test proved nothing"
+            state = await jd.wait_for_run(run_id, timeout=30)
+            rows = await fetch_runs(jd)
+    finally:
+        await faulty.dispose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        await drop_tables(engine, jd)
+    assert state.status is RunStatus.SUCCEEDED and state.result == "done"
+    assert {int(r["origin_id"] or r["id"]) for r in rows} == {run_id}, "a second chain was created"
+    assert len(ran) == 1, "the job ran more than once"
+    if backend == "postgresql":
+        # The lost insert had landed: handed over (without using a retry), then run.
+        assert [r["run_completed_error"] for r in rows] == ["job run killed", None]
+        assert rows[1]["retries_on_error_count"] == 0 and rows[1]["retries_on_timeout_count"] == 0
+    else:
+        assert len(rows) == 1
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])

@@ -214,7 +214,8 @@ class Dialect:
 
         ``one_statement``: ``work`` writes with one statement that may run again even if
         its first run landed (it is idempotent, or what it did is recovered anyway, like a
-        claim whose answer was lost); PostgreSQL then runs it without BEGIN and COMMIT.
+        claim or a direct-start insert whose answer was lost: the resurrector hands over a
+        row claimed here that never started); PostgreSQL then runs it without BEGIN and COMMIT.
         ``urgent``: the heartbeat's, first in line for the instance's connections;
         ``patient``: background work (see :meth:`Connections.lease`).
         """
