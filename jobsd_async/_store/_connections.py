@@ -322,9 +322,11 @@ class Connections:
 
     async def _release(self, conn: AsyncConnection) -> None:
         try:
-            if not _lost(conn) and conn.in_transaction():
-                # The implicit transaction of a read ends here, as it would back in the pool
-                # (under REPEATABLE READ a held snapshot would otherwise age forever).
+            # The implicit transaction of a read ends here, as it would back in the pool
+            # (under REPEATABLE READ a held snapshot would otherwise age forever).  In
+            # autocommit mode there is none: every transaction ended with its COMMIT or
+            # ROLLBACK statement, or else the connection was invalidated.
+            if not self.autocommit and not _lost(conn) and conn.in_transaction():
                 async with asyncio.timeout(_CLOSE_TIMEOUT):
                     await conn.rollback()
         except BaseException:
