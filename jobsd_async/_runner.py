@@ -78,7 +78,9 @@ class Runner:
             schedules=schedules,
             counters=counters,
         )
-        self.submitter = Submitter(store, self.dispatcher, clock, instance_id, schedules, telemetry)
+        self.submitter = Submitter(
+            store, self.dispatcher, clock, instance_id, schedules, telemetry, config.heartbeat_interval
+        )
         self.periodic = Reconciler(
             config=config,
             store=store,

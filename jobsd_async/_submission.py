@@ -27,7 +27,7 @@ from ._retry import RetryPolicy
 from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _claim, _create
 from ._store._dialect import wrap_errors
-from ._store._rows import Store
+from ._store._rows import RunRow, Store
 from ._telemetry import Telemetry
 
 
@@ -41,6 +41,7 @@ class Submitter:
     instance_id: int
     schedules: Mapping[str, ScheduleFunc]
     telemetry: Telemetry
+    handover_grace: float  # how long a row claimed here may go untracked before it is handed over
 
     async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
         """Insert one chain (or find the active one with its unique name); return its run id."""
@@ -103,16 +104,32 @@ class Submitter:
 
     async def _insert_and_start(self, values: dict[str, Any]) -> tuple[int, bool]:
         store, dispatcher = self.store, self.dispatcher
+        # On PostgreSQL the insert is one statement, without BEGIN and COMMIT.  Run again
+        # after a lost answer, it must not start a second chain: while the lost insert's row
+        # is open its name is taken, so the insert finds it and returns that chain's id (the
+        # row, claimed here but never started, is handed over by the resurrector, like a
+        # claim whose answer was lost).  Only until that hand-over (or a timeout check) can
+        # close the row is this sure: later, the database clock refuses the insert.
+        first_sent = self.clock.now()
+        timeout = values["run_timeout"]
+        sure_for = timedelta(seconds=min(self.handover_grace, timeout or self.handover_grace) / 2)
+        attempts = 0
+
+        async def insert(conn: AsyncConnection) -> tuple[RunRow | None, int]:
+            nonlocal attempts
+            attempts += 1
+            again = attempts > 1 and store.dialect.autocommit
+            return await _create.insert_claimed(
+                store,
+                conn,
+                values,
+                instance_id=self.instance_id,
+                not_after=first_sent + sure_for if again else None,
+            )
+
         try:
             row, run_id = await wrap_errors(
-                store.dialect.retrying(
-                    lambda c: _create.insert_claimed(store, c, values, instance_id=self.instance_id),
-                    # Run again after a lost answer, the insert finds its own row holding the
-                    # name and returns that chain's id: the row, claimed here but not started,
-                    # is handed over by the resurrector, like a claim whose answer was lost.
-                    one_statement=True,
-                ),
-                "creating a run",
+                store.dialect.retrying(insert, one_statement=True), "creating a run"
             )
         except BaseException:
             dispatcher.unreserve()

@@ -18,7 +18,7 @@ class FaultProxy:
         self._down = False
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._losing: tuple[bytes, asyncio.Event] | None = None
+        self._losing: tuple[bytes, asyncio.Event, asyncio.Event | None] | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -66,12 +66,13 @@ class FaultProxy:
             self._flowing.set()
 
     @contextlib.contextmanager
-    def losing_answer(self, marker: bytes) -> Iterator[asyncio.Event]:
+    def losing_answer(self, marker: bytes, *, hold: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
         """While inside: the first answer from the server that contains ``marker`` is thrown
         away and its connection dropped (the statement was carried out, the client never
-        hears of it); the event is set once that happened."""
+        hears of it); the event is set once that answer arrived.  With ``hold``, the
+        connection is dropped only once ``hold`` is set (the loss is noticed late)."""
         lost = asyncio.Event()
-        self._losing = (marker, lost)
+        self._losing = (marker, lost, hold)
         try:
             yield lost
         finally:
@@ -110,9 +111,11 @@ class FaultProxy:
             while data := await reader.read(65536):
                 await self._flowing.wait()
                 if answers_to is not None and self._losing is not None and self._losing[0] in data:
-                    _, lost = self._losing
+                    _, lost, hold = self._losing
                     self._losing = None
                     lost.set()
+                    if hold is not None:
+                        await hold.wait()
                     answers_to.transport.abort()
                     break
                 writer.write(data)

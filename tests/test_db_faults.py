@@ -156,6 +156,53 @@ async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
         assert len(rows) == 1
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_a_lost_insert_answer_noticed_late_never_starts_a_second_chain(
+    proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str
+) -> None:
+    # The insert's answer is held until the run it created was handed over, ran and
+    # finished (its name is free again), and only then lost: an insert run again now
+    # would no longer find its own row by name.  The database clock refuses it instead,
+    # and the caller hears that the outcome is unknown.  The job ran once.
+    faulty = create_async_engine(proxy.proxied(database_url))
+    jd = JobsD(
+        faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.2, timeout_check=0.2
+    )
+    ran: list[int] = []
+
+    @jd.job(name="answer-late-job")
+    async def work(info: RunInfo) -> str:
+        ran.append(info.id)
+        return "done"
+
+    async def chain_finished() -> bool:
+        rows = await fetch_runs(jd)
+        return bool(rows) and rows[-1]["run_completed_at"] is not None
+
+    noticed = asyncio.Event()
+    try:
+        async with jd:
+            with proxy.losing_answer(b"answer-late-job", hold=noticed) as lost:
+                creating = asyncio.create_task(work.create_run().run())
+                async with asyncio.timeout(10):
+                    await lost.wait()
+                await eventually(chain_finished, timeout=30, what="the lost insert's run finished")
+                noticed.set()
+                with pytest.raises(StoreError, match="too late to tell"):
+                    await creating
+            rows = await fetch_runs(jd)
+    finally:
+        noticed.set()
+        await faulty.dispose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        await drop_tables(engine, jd)
+    assert len(ran) == 1, "the job ran more than once"
+    assert {int(r["origin_id"] or r["id"]) for r in rows} == {rows[0]["id"]}, "a second chain was created"
+    assert [r["run_completed_error"] for r in rows] == ["job run killed", None]
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
 async def test_down_is_bounded_when_the_database_stops_answering(
     proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .._config import DEFAULT_PRIORITY, DEFAULT_QUEUE, Backoff
 from .._errors import StoreError
 from ._rows import RunRow, Store
+from ._schema import UTCDateTime
 
 # A unique name can be freed between our failed insert and our look-up; then we insert again.
 _MAX_INSERT_ATTEMPTS = 5
@@ -39,6 +40,7 @@ DELAY = "p_delay"  # seconds after the database clock: run_at
 TIMEOUT = "p_timeout"  # seconds after the database clock: run_timeout_at
 QUEUE = "p_queue"  # the run's queue, to check whether it is paused
 STARTED_BY = "p_started_by"  # the instance that starts a run it inserts
+NOT_AFTER = "p_not_after"  # the database time after which an insert run again inserts nothing
 
 
 def clock_plus(store: Store, seconds_bind: str) -> ColumnElement[datetime]:
@@ -61,13 +63,22 @@ async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, A
 
 
 async def insert_claimed(
-    store: Store, conn: AsyncConnection, values: dict[str, Any], *, instance_id: int
+    store: Store,
+    conn: AsyncConnection,
+    values: dict[str, Any],
+    *,
+    instance_id: int,
+    not_after: datetime | None = None,
 ) -> tuple[RunRow | None, int]:
     """Insert a first row already claimed by ``instance_id``: it starts here, without a claim.
 
     Returns (the row, its run id); when a pending or running row already holds its unique
     name, nothing is inserted and it returns (None, that row's run id).  A row whose queue
     is paused is inserted pending instead (``run_started_at`` is None).  Needs RETURNING.
+
+    ``not_after`` (PostgreSQL, an insert run again after its answer was lost): past this
+    database time nothing is inserted, and when no row holds the name either, whether
+    the first insert landed cannot be told: StoreError.
     """
     timeout = values["run_timeout"]
     claimed = {
@@ -78,6 +89,8 @@ async def insert_claimed(
     }
     if timeout is not None:
         claimed[TIMEOUT] = timeout
+    if not_after is not None:
+        claimed[NOT_AFTER] = not_after
     row, run_id = await _insert_first(store, conn, claimed, whole_row=True)
     return (None if row is None else RunRow.of(row)), run_id
 
@@ -122,6 +135,11 @@ async def _insert_first(
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return None, existing
+        if NOT_AFTER in values:
+            raise StoreError(
+                "creating a run: the answer to its insert was lost and it is too late to tell "
+                "whether the insert landed (if it did, the run is handed over and runs)"
+            )
     raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
 
 
@@ -203,7 +221,11 @@ async def _insert_if_name_free(
     returning = dialect.insert_returning
     stmt = store.statement(
         ("insert first", _shape(store, values), whole_row),
-        lambda: _first_row_statement(store, expressions, whole_row=whole_row),
+        lambda: (
+            _first_row_statement(store, expressions, whole_row=whole_row)
+            if NOT_AFTER not in values
+            else _bounded_first_row_statement(store, expressions, params)
+        ),
     )
     row: Mapping[Any, Any] | None
     if dialect.is_postgresql or dialect.is_sqlite:
@@ -251,6 +273,25 @@ def _first_row_statement(store: Store, expressions: dict[str, Any], *, whole_row
     if dialect.insert_returning:
         stmt = stmt.returning(*(list(runs.c) if whole_row else [runs.c.id]))
     return stmt  # type: ignore[no-any-return]
+
+
+def _bounded_first_row_statement(
+    store: Store, expressions: dict[str, Any], params: dict[str, Any]
+) -> Executable:
+    """PostgreSQL's INSERT of a whole first row that does nothing when its unique name is
+    active, nor once the database clock has passed the parameter ``NOT_AFTER``."""
+    runs = store.runs
+    dialect = store.dialect
+    columns = [c for c in runs.c if c.key in expressions or c.key in params]
+    source = select(
+        *(expressions[c.key] if c.key in expressions else bindparam(c.key, type_=c.type) for c in columns)
+    ).where(dialect.now() < bindparam(NOT_AFTER, type_=UTCDateTime))
+    stmt = (
+        postgresql.insert(runs)
+        .from_select(columns, source)
+        .on_conflict_do_nothing(index_elements=[runs.c.name_active], index_where=_named(runs))
+    )
+    return stmt.returning(*runs.c)
 
 
 def first_row_values(
