@@ -78,9 +78,7 @@ class Runner:
             schedules=schedules,
             counters=counters,
         )
-        self.submitter = Submitter(
-            store, self.dispatcher, clock, instance_id, schedules, telemetry, config.heartbeat_interval
-        )
+        self.submitter = Submitter(store, self.dispatcher, clock, instance_id, schedules, telemetry)
         self.periodic = Reconciler(
             config=config,
             store=store,

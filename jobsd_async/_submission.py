@@ -30,6 +30,10 @@ from ._store._dialect import wrap_errors
 from ._store._rows import RunRow, Store
 from ._telemetry import Telemetry
 
+# How far before a lost insert's first run its row may have been written, by the estimate
+# of the database clock (whose error is a fraction of a round trip).
+_LANDED_MARGIN = timedelta(seconds=10)
+
 
 @dataclass(frozen=True, slots=True)
 class Submitter:
@@ -41,7 +45,6 @@ class Submitter:
     instance_id: int
     schedules: Mapping[str, ScheduleFunc]
     telemetry: Telemetry
-    handover_grace: float  # how long a row claimed here may go untracked before it is handed over
 
     async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
         """Insert one chain (or find the active one with its unique name); return its run id."""
@@ -61,7 +64,7 @@ class Submitter:
         if conn is None and await self._starts_here(job, request, values["queue"]):
             # Shielded: once inserted, the row must reach its task even if our caller gives up
             # (whose failure, then, nobody is left to hear).
-            task = asyncio.ensure_future(self._insert_and_start(values))
+            task = asyncio.ensure_future(self._insert_and_start(values, named_here=request.unique is None))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return await asyncio.shield(task)
         if conn is None:
@@ -97,46 +100,46 @@ class Submitter:
             return None
         with self.telemetry.sending(job.name) as sending:
             values["trace_context"] = sending.carrier()
-            run_id, _ = await self._insert_and_start(values)
+            run_id, _ = await self._insert_and_start(values, named_here=request.unique is None)
             sending.sent([run_id])
         self.telemetry.created(job.name, 1)
         return run_id
 
-    async def _insert_and_start(self, values: dict[str, Any]) -> tuple[int, bool]:
+    async def _insert_and_start(self, values: dict[str, Any], *, named_here: bool) -> tuple[int, bool]:
+        """Insert a run claimed by this instance and start it; (run id, whether it was created).
+
+        ``named_here``: its name is a fresh uuid, not a caller's unique name.  Such a run is
+        inserted by one statement (on PostgreSQL without BEGIN and COMMIT).  After a lost
+        answer the insert runs again, and must then find the row the first one may have
+        written, whatever became of it since: any row of that name is that one (see
+        ``insert_claimed``).  A unique name keeps the transaction: another chain of that
+        name could not be told from a lost insert's.
+        """
         store, dispatcher = self.store, self.dispatcher
-        # On PostgreSQL the insert is one statement, without BEGIN and COMMIT.  Run again
-        # after a lost answer, it must not start a second chain: while the lost insert's row
-        # is open its name is taken, so the insert finds it and returns that chain's id (the
-        # row, claimed here but never started, is handed over by the resurrector, like a
-        # claim whose answer was lost).  Only until that hand-over (or a timeout check) can
-        # close the row is this sure: later, the database clock refuses the insert.
-        first_sent = self.clock.now()
-        timeout = values["run_timeout"]
-        sure_for = timedelta(seconds=min(self.handover_grace, timeout or self.handover_grace) / 2)
+        since = self.clock.now() - _LANDED_MARGIN
         attempts = 0
 
         async def insert(conn: AsyncConnection) -> tuple[RunRow | None, int]:
             nonlocal attempts
             attempts += 1
-            again = attempts > 1 and store.dialect.autocommit
+            again = attempts > 1 and named_here and store.dialect.autocommit
             return await _create.insert_claimed(
-                store,
-                conn,
-                values,
-                instance_id=self.instance_id,
-                not_after=first_sent + sure_for if again else None,
+                store, conn, values, instance_id=self.instance_id, landed_since=since if again else None
             )
 
         try:
             row, run_id = await wrap_errors(
-                store.dialect.retrying(insert, one_statement=True), "creating a run"
+                store.dialect.retrying(insert, one_statement=named_here), "creating a run"
             )
         except BaseException:
             dispatcher.unreserve()
             raise
         if row is None:
-            dispatcher.unreserve()  # the unique name is taken: nothing was inserted
-            return run_id, False
+            dispatcher.unreserve()
+            # A unique name taken: nothing was inserted.  A name made here: the first insert
+            # landed and its answer was lost; its row, claimed here but never started, is
+            # handed over by the resurrector (like a claim whose answer was lost).
+            return run_id, named_here
         if row.run_started_at is None:
             dispatcher.unreserve()  # its queue is paused: it was inserted pending
             return run_id, True

@@ -19,6 +19,7 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._losing: tuple[bytes, asyncio.Event, asyncio.Event | None] | None = None
+        self._losing_request: tuple[bytes, asyncio.Event] | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -78,6 +79,17 @@ class FaultProxy:
         finally:
             self._losing = None
 
+    @contextlib.contextmanager
+    def losing_request(self, marker: bytes) -> Iterator[asyncio.Event]:
+        """While inside: the first request to the server that contains ``marker`` never
+        reaches it; its connection is dropped.  The event is set once that happened."""
+        lost = asyncio.Event()
+        self._losing_request = (marker, lost)
+        try:
+            yield lost
+        finally:
+            self._losing_request = None
+
     def cut(self) -> None:
         """Drop every open connection (new ones are let through)."""
         self._cut()
@@ -98,7 +110,8 @@ class FaultProxy:
             return
         self._pipes.update((writer, up_writer))
         await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer, answers_to=up_writer)
+            self._pump(reader, up_writer, requests_from=writer),
+            self._pump(up_reader, writer, answers_to=up_writer),
         )
 
     async def _pump(
@@ -106,10 +119,17 @@ class FaultProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         answers_to: asyncio.StreamWriter | None = None,
+        requests_from: asyncio.StreamWriter | None = None,
     ) -> None:
         try:
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                request = self._losing_request
+                if requests_from is not None and request is not None and request[0] in data:
+                    self._losing_request = None
+                    request[1].set()
+                    requests_from.transport.abort()
+                    break
                 if answers_to is not None and self._losing is not None and self._losing[0] in data:
                     _, lost, hold = self._losing
                     self._losing = None

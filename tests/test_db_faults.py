@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunStatus, StoreError
+from jobsd_async._store import _create
 
 OUTAGE = 3.0  # seconds
 
@@ -126,16 +127,16 @@ async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
     )
     ran: list[int] = []
 
-    @jd.job(name="answer-lost-job")
-    async def work(info: RunInfo) -> str:
+    @jd.job(name="work")
+    async def work(info: RunInfo, marker: str) -> str:
         ran.append(info.id)
         return "done"
 
     try:
         async with jd:
-            # The insert's answer is the first to carry the job's name (RETURNING the row).
-            with proxy.losing_answer(b"answer-lost-job") as lost:
-                run_id = await work.create_run().run()
+            # Only the insert carries the run's arguments (and its answer, RETURNING the row).
+            with proxy.losing_answer(b"answer-lost-marker") as lost:
+                run_id = await work.create_run("answer-lost-marker").run()
             assert lost.is_set(), "no answer was lost; the test proved nothing"
             state = await jd.wait_for_run(run_id, timeout=30)
             rows = await fetch_runs(jd)
@@ -161,17 +162,17 @@ async def test_a_lost_insert_answer_noticed_late_never_starts_a_second_chain(
     proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str
 ) -> None:
     # The insert's answer is held until the run it created was handed over, ran and
-    # finished (its name is free again), and only then lost: an insert run again now
-    # would no longer find its own row by name.  The database clock refuses it instead,
-    # and the caller hears that the outcome is unknown.  The job ran once.
+    # finished (its name is free again), and only then lost: the insert run again now
+    # must still find that run (by its name among the rows closed since), not start a
+    # second chain.
     faulty = create_async_engine(proxy.proxied(database_url))
     jd = JobsD(
         faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.2, timeout_check=0.2
     )
     ran: list[int] = []
 
-    @jd.job(name="answer-late-job")
-    async def work(info: RunInfo) -> str:
+    @jd.job(name="work")
+    async def work(info: RunInfo, marker: str) -> str:
         ran.append(info.id)
         return "done"
 
@@ -182,14 +183,14 @@ async def test_a_lost_insert_answer_noticed_late_never_starts_a_second_chain(
     noticed = asyncio.Event()
     try:
         async with jd:
-            with proxy.losing_answer(b"answer-late-job", hold=noticed) as lost:
-                creating = asyncio.create_task(work.create_run().run())
+            with proxy.losing_answer(b"answer-late-marker", hold=noticed) as lost:
+                creating = asyncio.create_task(work.create_run("answer-late-marker").run())
                 async with asyncio.timeout(10):
                     await lost.wait()
                 await eventually(chain_finished, timeout=30, what="the lost insert's run finished")
                 noticed.set()
-                with pytest.raises(StoreError, match="too late to tell"):
-                    await creating
+                run_id = await creating
+            state = await jd.wait_for_run(run_id, timeout=10)
             rows = await fetch_runs(jd)
     finally:
         noticed.set()
@@ -199,8 +200,60 @@ async def test_a_lost_insert_answer_noticed_late_never_starts_a_second_chain(
             gc.collect()
         await drop_tables(engine, jd)
     assert len(ran) == 1, "the job ran more than once"
-    assert {int(r["origin_id"] or r["id"]) for r in rows} == {rows[0]["id"]}, "a second chain was created"
+    assert run_id == rows[0]["id"]
+    assert {int(r["origin_id"] or r["id"]) for r in rows} == {run_id}, "a second chain was created"
     assert [r["run_completed_error"] for r in rows] == ["job run killed", None]
+    assert state.status is RunStatus.SUCCEEDED and state.result == "done"
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_an_insert_lost_on_its_way_is_run_again_and_creates_the_run(
+    proxy: FaultProxy,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The connection drops while the insert is on its way: it never reached the server.
+    # Run again (looking for a row the first run may have written, and finding none), it
+    # creates the run, which starts here at once.
+    faulty = create_async_engine(proxy.proxied(database_url))
+    jd = JobsD(faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.2)
+    ran: list[int] = []
+
+    @jd.job(name="work")
+    async def work(info: RunInfo, marker: str) -> str:
+        ran.append(info.id)
+        return "done"
+
+    runs_again: list[object] = []
+    insert_claimed = _create.insert_claimed
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        runs_again.append(kwargs.get("landed_since"))
+        return await insert_claimed(*args, **kwargs)
+
+    monkeypatch.setattr(_create, "insert_claimed", recording)
+    try:
+        async with jd:
+            # Only the insert carries the run's arguments.
+            with proxy.losing_request(b"request-lost-marker") as lost:
+                run_id = await work.create_run("request-lost-marker").run()
+            assert lost.is_set(), "no request was lost; the test proved nothing"
+            state = await jd.wait_for_run(run_id, timeout=10)
+            rows = await fetch_runs(jd)
+    finally:
+        await faulty.dispose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        await drop_tables(engine, jd)
+    assert len(runs_again) == 2 and runs_again[0] is None and runs_again[1] is not None
+    assert state.status is RunStatus.SUCCEEDED and state.result == "done"
+    assert [(r["id"], r["run_started_by"], r["run_completed_error"]) for r in rows] == [
+        (run_id, jd.instance_id, None)
+    ]
+    assert ran == [run_id]
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])

@@ -40,7 +40,9 @@ DELAY = "p_delay"  # seconds after the database clock: run_at
 TIMEOUT = "p_timeout"  # seconds after the database clock: run_timeout_at
 QUEUE = "p_queue"  # the run's queue, to check whether it is paused
 STARTED_BY = "p_started_by"  # the instance that starts a run it inserts
-NOT_AFTER = "p_not_after"  # the database time after which an insert run again inserts nothing
+LANDED_SINCE = (
+    "p_landed_since"  # (an insert run again) when the lost first run's row was written, at the earliest
+)
 
 
 def clock_plus(store: Store, seconds_bind: str) -> ColumnElement[datetime]:
@@ -68,7 +70,7 @@ async def insert_claimed(
     values: dict[str, Any],
     *,
     instance_id: int,
-    not_after: datetime | None = None,
+    landed_since: datetime | None = None,
 ) -> tuple[RunRow | None, int]:
     """Insert a first row already claimed by ``instance_id``: it starts here, without a claim.
 
@@ -76,9 +78,9 @@ async def insert_claimed(
     name, nothing is inserted and it returns (None, that row's run id).  A row whose queue
     is paused is inserted pending instead (``run_started_at`` is None).  Needs RETURNING.
 
-    ``not_after`` (PostgreSQL, an insert run again after its answer was lost): past this
-    database time nothing is inserted, and when no row holds the name either, whether
-    the first insert landed cannot be told: StoreError.
+    ``landed_since`` (PostgreSQL, a name made here, the insert run again after its answer
+    was lost): nothing is inserted either when a first row of that name closed since then
+    (the lost insert landed and its chain has already ended); its run id is returned.
     """
     timeout = values["run_timeout"]
     claimed = {
@@ -89,8 +91,8 @@ async def insert_claimed(
     }
     if timeout is not None:
         claimed[TIMEOUT] = timeout
-    if not_after is not None:
-        claimed[NOT_AFTER] = not_after
+    if landed_since is not None:
+        claimed[LANDED_SINCE] = landed_since
     row, run_id = await _insert_first(store, conn, claimed, whole_row=True)
     return (None if row is None else RunRow.of(row)), run_id
 
@@ -135,11 +137,11 @@ async def _insert_first(
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return None, existing
-        if NOT_AFTER in values:
-            raise StoreError(
-                "creating a run: the answer to its insert was lost and it is too late to tell "
-                "whether the insert landed (if it did, the run is handed over and runs)"
-            )
+        if LANDED_SINCE in values:
+            landed = {LANDED_SINCE: values[LANDED_SINCE], "name": values["name"]}
+            ended = (await conn.execute(_landed_statement(store), landed)).first()
+            if ended is not None:
+                return None, int(ended.id)
     raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
 
 
@@ -223,8 +225,8 @@ async def _insert_if_name_free(
         ("insert first", _shape(store, values), whole_row),
         lambda: (
             _first_row_statement(store, expressions, whole_row=whole_row)
-            if NOT_AFTER not in values
-            else _bounded_first_row_statement(store, expressions, params)
+            if LANDED_SINCE not in values
+            else _first_row_again_statement(store, expressions, params)
         ),
     )
     row: Mapping[Any, Any] | None
@@ -275,17 +277,32 @@ def _first_row_statement(store: Store, expressions: dict[str, Any], *, whole_row
     return stmt  # type: ignore[no-any-return]
 
 
-def _bounded_first_row_statement(
+def _landed(runs: Table) -> list[ColumnElement[bool]]:
+    """A chain's first row named by the parameter ``name`` that closed since ``LANDED_SINCE``
+    (found through the index of closed rows by age)."""
+    return [
+        runs.c.run_completed_at >= bindparam(LANDED_SINCE, type_=UTCDateTime),
+        runs.c.name == bindparam("name", type_=runs.c.name.type),
+        runs.c.origin_id.is_(None),
+    ]
+
+
+def _landed_statement(store: Store) -> Executable:
+    runs = store.runs
+    return store.statement("landed", lambda: select(runs.c.id).where(*_landed(runs)).limit(1))
+
+
+def _first_row_again_statement(
     store: Store, expressions: dict[str, Any], params: dict[str, Any]
 ) -> Executable:
-    """PostgreSQL's INSERT of a whole first row that does nothing when its unique name is
-    active, nor once the database clock has passed the parameter ``NOT_AFTER``."""
+    """PostgreSQL's INSERT of a whole first row run again after its answer was lost: it does
+    nothing when the name is active, nor when a first row of that name closed since
+    ``LANDED_SINCE`` (the name is made here: such a row was written by the lost insert)."""
     runs = store.runs
-    dialect = store.dialect
     columns = [c for c in runs.c if c.key in expressions or c.key in params]
     source = select(
         *(expressions[c.key] if c.key in expressions else bindparam(c.key, type_=c.type) for c in columns)
-    ).where(dialect.now() < bindparam(NOT_AFTER, type_=UTCDateTime))
+    ).where(~exists().where(*_landed(runs)))
     stmt = (
         postgresql.insert(runs)
         .from_select(columns, source)
