@@ -8,6 +8,7 @@ only once it commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ._clock import DbClock
 from ._config import RunOptions, _Unset
 from ._creator import Conn, RunRequest
 from ._dispatcher import Dispatcher
-from ._errors import UnknownScheduleError
+from ._errors import StoreError, UnknownScheduleError
 from ._jobs import Job
 from ._retry import RetryPolicy
 from ._schedules import ScheduleFunc, next_tick, resolve
@@ -33,6 +34,9 @@ from ._telemetry import Telemetry
 # How far before a lost insert's first run its row may have been written, by the estimate
 # of the database clock (whose error is a fraction of a round trip).
 _LANDED_MARGIN = timedelta(seconds=10)
+# A lost insert is looked for only this long (or the retention, if shorter): a row it wrote
+# could be handed over, run, finished and pruned after that.
+RECHECK_MAX = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ class Submitter:
     instance_id: int
     schedules: Mapping[str, ScheduleFunc]
     telemetry: Telemetry
+    recheck_within: float  # seconds after a lost insert during which its row can surely be found
 
     async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
         """Insert one chain (or find the active one with its unique name); return its run id."""
@@ -115,14 +120,21 @@ class Submitter:
         ``insert_claimed``).  A unique name keeps the transaction: another chain of that
         name could not be told from a lost insert's.
         """
-        store, dispatcher = self.store, self.dispatcher
-        since = self.clock.now() - _LANDED_MARGIN
+        store, dispatcher, clock = self.store, self.dispatcher, self.clock
+        since = clock.now() - _LANDED_MARGIN
+        first_sent = clock.monotonic()
         attempts = 0
 
         async def insert(conn: AsyncConnection) -> tuple[RunRow | None, int]:
             nonlocal attempts
             attempts += 1
             again = attempts > 1 and named_here and store.dialect.autocommit
+            if again and clock.monotonic() - first_sent > self.recheck_within:
+                # Its row may have run, finished and been pruned (retention) meanwhile.
+                raise StoreError(
+                    "creating a run: the answer to its insert was lost too long ago to tell "
+                    "whether it landed (if it did, the run is handed over and runs)"
+                )
             return await _create.insert_claimed(
                 store, conn, values, instance_id=self.instance_id, landed_since=since if again else None
             )
@@ -136,10 +148,20 @@ class Submitter:
             raise
         if row is None:
             dispatcher.unreserve()
-            # A unique name taken: nothing was inserted.  A name made here: the first insert
-            # landed and its answer was lost; its row, claimed here but never started, is
-            # handed over by the resurrector (like a claim whose answer was lost).
-            return run_id, named_here
+            if not named_here:
+                return run_id, False  # the unique name is taken: nothing was inserted
+            # The first insert landed and its answer was lost.  Its row, if still claimed
+            # here and never started, goes back to pending at once rather than when the
+            # resurrector hands it over (which it still does if this fails): whoever holds
+            # it now, it is the run.
+            with contextlib.suppress(StoreError):
+                await wrap_errors(
+                    store.dialect.retrying(
+                        lambda c: _claim.hand_back(store, c, run_id, instance_id=self.instance_id, delay=0.0)
+                    ),
+                    "handing a run back",
+                )
+            return run_id, True
         if row.run_started_at is None:
             dispatcher.unreserve()  # its queue is paused: it was inserted pending
             return run_id, True
