@@ -7,7 +7,7 @@ take it in between, and a chain that ends frees it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._chain import FollowUp
 from .._runs import CANCELLED_TEXT
-from . import _read
+from . import _driver, _read
 from ._create import insert_many
 from ._rows import RunRow, Store, row_columns
 
@@ -141,17 +141,23 @@ async def _close_in_one_statement(
     """
     whole = rows is not None
     stmt = store.statement(("complete", whole), lambda: _close_statement(store, whole_rows=whole))
-    result = await conn.execute(
-        stmt,
-        {
-            "ids": [i.row.id for i in items],
-            "owners": [i.owner_id for i in items],
-            "errors": [i.closing.error for i in items],
-            "results": [i.closing.result for i in items],
-            "tracebacks": [i.closing.traceback for i in items],
-            "successes": [1 if i.closing.success else 0 for i in items],
-        },
-    )
+    params = {
+        "ids": [i.row.id for i in items],
+        "owners": [i.owner_id for i in items],
+        "errors": [i.closing.error for i in items],
+        "results": [i.closing.result for i in items],
+        "tracebacks": [i.closing.traceback for i in items],
+        "successes": [1 if i.closing.success else 0 for i in items],
+    }
+    result: Iterable[Sequence[Any]]
+    if _driver.drives(conn):
+        driven = store.statement(
+            ("complete on the driver", whole),
+            lambda: _driver.DriverStatement(stmt, list(stmt.selected_columns), conn.dialect),
+        )
+        result = await _driver.fetch(conn, driven, params)
+    else:
+        result = await conn.execute(stmt, params)
     closed: set[int] = set()
     cancelled: set[int] = set()
     width = len(RunRow._fields)
@@ -165,7 +171,7 @@ async def _close_in_one_statement(
     return closed, cancelled
 
 
-def _close_statement(store: Store, *, whole_rows: bool) -> Executable:
+def _close_statement(store: Store, *, whole_rows: bool) -> Select[Any]:
     """The batch's UPDATE; returns each closed row's id (or, with ``whole_rows``, the whole
     row), whether it was closed as cancelled, and the announcement's (void) value."""
     runs = store.runs

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._config import DEFAULT_PRIORITY, DEFAULT_QUEUE, Backoff
 from .._errors import StoreError
+from . import _driver
 from ._rows import RunRow, Store
 from ._schema import UTCDateTime
 
@@ -230,7 +231,15 @@ async def _insert_if_name_free(
         ),
     )
     row: Mapping[Any, Any] | None
-    if dialect.is_postgresql or dialect.is_sqlite:
+    if whole_row and LANDED_SINCE not in values and _driver.drives(conn):
+        # A run started here: its insert is the hot one (see _driver).
+        key = ("insert first on the driver", _shape(store, values))
+        driven = store.statement(
+            key, lambda: _driver.DriverStatement(stmt, list(store.runs.c), conn.dialect, list(params))
+        )
+        found = await _driver.fetch(conn, driven, params)
+        row = dict(zip(driven.keys, found[0], strict=True)) if found else None
+    elif dialect.is_postgresql or dialect.is_sqlite:
         if returning:
             row = (await conn.execute(stmt, params)).mappings().first()
         else:  # SQLite before 3.35

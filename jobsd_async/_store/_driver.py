@@ -1,0 +1,155 @@
+"""Hot statements run on the driver's own connection (PostgreSQL, asyncpg).
+
+SQLAlchemy's execution of a statement costs this process about twice the driver's own
+(``benchmarks/`` and docs/performance.md), and a run created and awaited on one instance
+is two statements: the insert that starts it here and its completion.  Those statements
+are compiled once by SQLAlchemy; their SQL then runs on asyncpg's connection, with the
+values bound and read back through the same type processors SQLAlchemy applies.
+
+A failure leaves as SQLAlchemy's would: the driver's error translated by SQLAlchemy's
+adapter and wrapped in a ``DBAPIError``, and the connection invalidated when it died (or
+when the statement was interrupted), so that ``Dialect.retrying`` and ``Dialect.refuses``
+see what they always saw.  SQLAlchemy's statement events do not see these statements.
+
+Only on connections in autocommit mode: there the server's transaction, if any, is the one
+an explicit ``BEGIN`` opened, which the driver's statements share.  Elsewhere SQLAlchemy's
+adapter opens transactions of its own, which these statements would bypass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from sqlalchemy.engine import Dialect as SQLDialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ClauseElement, ColumnElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Processor = Callable[[Any], Any]
+
+
+class DriverStatement:
+    """A statement compiled once, to run on the driver's connection (see :func:`fetch`)."""
+
+    __slots__ = ("_binds", "_compiled", "_dialect", "_results", "_returning", "keys", "sql")
+
+    def __init__(
+        self,
+        statement: Executable,
+        returning: Sequence[ColumnElement[Any]],
+        dialect: SQLDialect,
+        column_keys: Sequence[str] | None = None,
+    ) -> None:
+        """``column_keys``: for an INSERT or UPDATE, the names of its parameters (which
+        columns it sets, as SQLAlchemy tells from an execution's parameters)."""
+        clause = cast(ClauseElement, statement)
+        compiled = cast(SQLCompiler, clause.compile(dialect=dialect, column_keys=column_keys))
+        self._compiled = compiled
+        self.sql = compiled.string
+        binds = compiled.binds
+        names = compiled.positiontup or []
+        self._binds: list[tuple[str, Processor | None]] = [
+            (name, binds[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
+        ]
+        self.keys = [column.key for column in returning]
+        self._returning = list(returning)
+        self._dialect = dialect
+        # The result processors depend on the types the server reports (as SQLAlchemy's
+        # do): known after the first execution.
+        self._results: list[tuple[int, Processor]] | None = None
+
+    def learn(self, type_oids: Sequence[int]) -> None:
+        """Settle the result processors, given the returned columns' type oids."""
+        dialect = self._dialect
+        self._results = [
+            (index, processor)
+            for index, (column, oid) in enumerate(zip(self._returning, type_oids, strict=True))
+            if (processor := column.type.dialect_impl(dialect).result_processor(dialect, oid)) is not None
+        ]
+
+    def arguments(self, params: Mapping[str, Any]) -> list[Any]:
+        """The positional values of one execution (defaults of bound literals included)."""
+        values = self._compiled.construct_params(params)
+        return [
+            value if processor is None else processor(value)
+            for name, processor in self._binds
+            for value in (values[name],)
+        ]
+
+    def row(self, record: Any) -> tuple[Any, ...]:
+        """A returned row as SQLAlchemy would give it (by position, processed)."""
+        assert self._results is not None
+        if not self._results:
+            return tuple(record)
+        values = list(record)
+        for index, processor in self._results:
+            values[index] = processor(values[index])
+        return tuple(values)
+
+
+def drives(conn: AsyncConnection) -> bool:
+    """Whether ``conn`` can run a :class:`DriverStatement` (asyncpg, autocommit, alive)."""
+    sync = conn.sync_connection
+    return (
+        sync is not None
+        and not sync.invalidated
+        and not sync.closed
+        and sync.dialect.driver == "asyncpg"
+        and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    )
+
+
+async def fetch(
+    conn: AsyncConnection, statement: DriverStatement, params: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
+    """Run ``statement`` on ``conn``'s driver connection (see :func:`drives`); its rows."""
+    sync = conn.sync_connection
+    assert sync is not None
+    pooled = sync.connection
+    arguments = statement.arguments(params)
+    driver: Any = pooled.driver_connection
+    try:
+        if statement._results is None:
+            prepared = await driver.prepare(statement.sql)
+            statement.learn([attribute.type.oid for attribute in prepared.get_attributes()])
+            records = await prepared.fetch(*arguments)
+        else:
+            records = await driver.fetch(statement.sql, *arguments)
+    except Exception as exc:
+        failure = await _failure(conn, pooled.dbapi_connection, statement.sql, arguments, exc)
+        if failure is exc:
+            raise
+        raise failure from getattr(failure, "orig", exc)
+    except BaseException:
+        # Interrupted (cancelled) mid-statement: the connection's state is unknown.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(conn.invalidate())
+        raise
+    return [statement.row(record) for record in records]
+
+
+async def _failure(
+    conn: AsyncConnection, adapted: Any, sql: str, arguments: list[Any], exc: Exception
+) -> Exception:
+    """``exc`` as SQLAlchemy's execution would raise it, the connection invalidated if it died."""
+    try:
+        adapted._handle_exception(exc)  # raises the adapter's DB-API translation
+    except Exception as translated:
+        error: Exception = translated
+    else:  # pragma: no cover - the adapter always raises
+        error = exc
+    dialect = conn.dialect
+    dbapi_error = dialect.loaded_dbapi.Error
+    if not isinstance(error, dbapi_error):
+        return error  # not the database's: SQLAlchemy lets it through as it is
+    gone = bool(dialect.is_disconnect(error, adapted, None))
+    if gone:
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+    return DBAPIError.instance(
+        sql, arguments, error, dbapi_error, connection_invalidated=gone, dialect=dialect
+    )
