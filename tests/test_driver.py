@@ -4,18 +4,20 @@ as SQLAlchemy's execution, and a connection that died or was interrupted is inva
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs
-from sqlalchemy import Select, Text, bindparam, column, func, literal, select, table, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Select, Text, bindparam, column, event, func, literal, select, table, text, type_coerce
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobsd_async import RunInfo, RunStatus
 from jobsd_async._store import _create, _driver
 from jobsd_async._store._dialect import Dialect
 from jobsd_async._store._rows import RunRow
+from jobsd_async._store._schema import UTCDateTime
 
 pytestmark = pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
 
@@ -51,12 +53,21 @@ async def test_a_run_started_here_gets_the_row_as_stored(make_jobsd: MakeJobsD) 
     async def look(info: RunInfo) -> None:
         stored.append(RunRow.of((await fetch_runs(jd))[0]))  # before its completion is written
 
+    driven: list[str] = []
+    fetch = _driver.fetch
+
+    async def fetching(conn: AsyncConnection, statement: _driver.DriverStatement, params: Any) -> Any:
+        driven.append(statement.sql.split()[0])
+        return await fetch(conn, statement, params)
+
     async with jd:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(_create, "insert_claimed", recording)
+            patch.setattr(_driver, "fetch", fetching)
             run_id = await look.create_run().run()
             state = await jd.wait_for_run(run_id, timeout=10)
     assert state.status is RunStatus.SUCCEEDED
+    assert driven == ["INSERT", "WITH"], "the insert and the completion did not run on the driver"
     assert len(started) == 1 and started == stored
     assert started[0].run_started_by == jd.instance_id
 
@@ -74,12 +85,58 @@ async def test_rows_and_literals_come_back_as_sqlalchemy_gives_them(engine: Asyn
     assert through_driver[2].tzinfo is not None and type(through_driver[2]) is type(through_sqlalchemy[2])
 
 
+async def test_values_are_bound_and_read_through_the_column_types(engine: AsyncEngine) -> None:
+    # UTCDateTime: an aware time in another zone is stored as UTC, a naive one refused
+    # before anything is sent; what comes back is an aware UTC datetime, as SQLAlchemy's.
+    stmt = select(
+        bindparam("at", type_=UTCDateTime),
+        type_coerce(func.statement_timestamp(), UTCDateTime),
+    )
+    driven = _driver.DriverStatement(stmt, list(stmt.selected_columns), engine.dialect)
+    at = datetime(2026, 12, 2, 6, 30, tzinfo=timezone(timedelta(hours=2)))
+    conn = await autocommit(engine)
+    try:
+        through_sqlalchemy = tuple((await conn.execute(stmt, {"at": at})).one())
+        for _ in range(2):  # the first execution prepares; the next one runs as they all will
+            through_driver = (await _driver.fetch(conn, driven, {"at": at}))[0]
+            assert through_driver[0] == through_sqlalchemy[0] == at
+            assert through_driver[0].tzinfo is through_sqlalchemy[0].tzinfo is UTC
+            assert through_driver[1].tzinfo is UTC
+        with pytest.raises(StatementError) as refused_by_sqlalchemy:
+            await conn.execute(stmt, {"at": at.replace(tzinfo=None)})
+        with pytest.raises(StatementError) as refused_by_driver:
+            await _driver.fetch(conn, driven, {"at": at.replace(tzinfo=None)})
+        assert not conn.invalidated
+    finally:
+        await conn.close()
+    assert type(refused_by_driver.value.orig) is type(refused_by_sqlalchemy.value.orig) is ValueError
+
+
+async def test_a_listener_on_the_engine_keeps_every_statement_with_sqlalchemy(engine: AsyncEngine) -> None:
+    # Tracing built on statement events (or a handle_error hook) must see the statements.
+    conn = await autocommit(engine)
+    try:
+        assert _driver.drives(conn)
+
+        def listening(*_: object) -> None:
+            pass
+
+        event.listen(engine.sync_engine, "before_cursor_execute", listening)
+        try:
+            assert not _driver.drives(conn)
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", listening)
+    finally:
+        await conn.close()
+
+
 async def test_refused_data_raises_what_sqlalchemy_raises(engine: AsyncEngine) -> None:
     # A NUL character PostgreSQL cannot store: the same error (SQLSTATE 22021), which the
     # completer treats as a refusal of this data (not a lost connection).
     stmt, driven = echo(engine)
     conn = await autocommit(engine)
     try:
+        await _driver.fetch(conn, driven, {"text": "prepared"})  # the next ones run as they all will
         with pytest.raises(DBAPIError) as through_sqlalchemy:
             await conn.execute(stmt, {"text": "a\x00b"})
         with pytest.raises(DBAPIError) as through_driver:
@@ -114,6 +171,7 @@ async def test_a_terminated_backend_invalidates_the_connection(engine: AsyncEngi
     _, driven = echo(engine)
     conn = await autocommit(engine)
     try:
+        await _driver.fetch(conn, driven, {"text": "prepared"})  # the next ones run as they all will
         pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
         async with engine.connect() as killer:
             await killer.execute(select(func.pg_terminate_backend(pid)))
@@ -136,7 +194,8 @@ async def test_a_statement_cancelled_midway_invalidates_the_connection(engine: A
         async def sleeping() -> bool:
             async with engine.connect() as watcher:
                 activity = (
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND query LIKE '%pg_sleep%'"
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE pid = :pid AND state = 'active' AND query LIKE '%pg_sleep%'"
                 )
                 return bool((await watcher.execute(text(activity), {"pid": pid})).scalar_one())
 

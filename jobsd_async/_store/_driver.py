@@ -9,11 +9,14 @@ values bound and read back through the same type processors SQLAlchemy applies.
 A failure leaves as SQLAlchemy's would: the driver's error translated by SQLAlchemy's
 adapter and wrapped in a ``DBAPIError``, and the connection invalidated when it died (or
 when the statement was interrupted), so that ``Dialect.retrying`` and ``Dialect.refuses``
-see what they always saw.  SQLAlchemy's statement events do not see these statements.
+see what they always saw.
 
 Only on connections in autocommit mode: there the server's transaction, if any, is the one
 an explicit ``BEGIN`` opened, which the driver's statements share.  Elsewhere SQLAlchemy's
-adapter opens transactions of its own, which these statements would bypass.
+adapter opens transactions of its own, which these statements would bypass.  And only
+while nobody listens to the engine's events (tracing built on statement events, a
+``handle_error`` hook deciding what counts as a lost connection): then SQLAlchemy runs
+them, as it runs every other statement.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy.engine import Dialect as SQLDialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, ColumnElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -48,6 +51,14 @@ class DriverStatement:
         columns it sets, as SQLAlchemy tells from an execution's parameters)."""
         clause = cast(ClauseElement, statement)
         compiled = cast(SQLCompiler, clause.compile(dialect=dialect, column_keys=column_keys))
+        # What SQLAlchemy's execution would add to the statement and its values, which
+        # this one does not: such a statement stays with SQLAlchemy.
+        assert not (
+            compiled.post_compile_params
+            or compiled.literal_execute_params
+            or compiled.insert_prefetch
+            or compiled.update_prefetch
+        ), "a statement for the driver's connection must be complete as compiled"
         self._compiled = compiled
         self.sql = compiled.string
         binds = compiled.binds
@@ -73,7 +84,7 @@ class DriverStatement:
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
         """The positional values of one execution (defaults of bound literals included)."""
-        values = self._compiled.construct_params(params)
+        values = self._compiled.construct_params(params, escape_names=False)
         return [
             value if processor is None else processor(value)
             for name, processor in self._binds
@@ -92,10 +103,13 @@ class DriverStatement:
 
 
 def drives(conn: AsyncConnection) -> bool:
-    """Whether ``conn`` can run a :class:`DriverStatement` (asyncpg, autocommit, alive)."""
+    """Whether ``conn`` can run a :class:`DriverStatement` (asyncpg, autocommit, alive),
+    and nobody listens to SQLAlchemy's events for it (statement events, as tracing does,
+    or ``handle_error``, which may decide what counts as a lost connection)."""
     sync = conn.sync_connection
     return (
         sync is not None
+        and not (sync._has_events or sync.engine._has_events or sync.dialect._has_events)
         and not sync.invalidated
         and not sync.closed
         and sync.dialect.driver == "asyncpg"
@@ -110,7 +124,12 @@ async def fetch(
     sync = conn.sync_connection
     assert sync is not None
     pooled = sync.connection
-    arguments = statement.arguments(params)
+    try:
+        arguments = statement.arguments(params)
+    except Exception as exc:  # as SQLAlchemy reports a value its types cannot bind
+        hidden = sync.engine.hide_parameters
+        message = f"({type(exc).__module__}.{type(exc).__name__}) {exc}"
+        raise StatementError(message, statement.sql, params, exc, hide_parameters=hidden) from exc
     driver: Any = pooled.driver_connection
     try:
         if statement._results is None:
@@ -149,7 +168,14 @@ async def _failure(
     gone = bool(dialect.is_disconnect(error, adapted, None))
     if gone:
         with contextlib.suppress(Exception):
-            await conn.invalidate()
+            await asyncio.shield(conn.invalidate())
+    sync = conn.sync_connection
     return DBAPIError.instance(
-        sql, arguments, error, dbapi_error, connection_invalidated=gone, dialect=dialect
+        sql,
+        arguments,
+        error,
+        dbapi_error,
+        hide_parameters=sync is not None and sync.engine.hide_parameters,
+        connection_invalidated=gone,
+        dialect=dialect,
     )
