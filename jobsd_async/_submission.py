@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -28,8 +28,10 @@ from ._retry import RetryPolicy
 from ._schedules import ScheduleFunc, next_tick, resolve
 from ._store import _claim, _create
 from ._store._dialect import wrap_errors
-from ._store._rows import RunRow, Store
+from ._store._rows import Store
 from ._telemetry import Telemetry
+
+T = TypeVar("T")
 
 # How far before a lost insert's first run its row may have been written, by the estimate
 # of the database clock (whose error is a fraction of a round trip).
@@ -72,10 +74,16 @@ class Submitter:
             task = asyncio.ensure_future(self._insert_and_start(values, named_here=request.unique is None))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return await asyncio.shield(task)
+        named_here = request.unique is None
         if conn is None:
-            run_id, inserted = await wrap_errors(
-                store.dialect.retrying(lambda c: _create.insert_unique(store, c, values)), "creating a run"
+            insert = self._run_again_safely(
+                named_here, lambda c, landed: _create.insert_unique(store, c, values, landed_since=landed)
             )
+            run_id, inserted = await wrap_errors(
+                store.dialect.retrying(insert, one_statement=named_here), "creating a run"
+            )
+            # Not inserted now under a name made here: the lost first insert had landed.
+            inserted = inserted or named_here
         else:
             connection = await _connection(conn)
             run_id, inserted = await wrap_errors(
@@ -120,25 +128,13 @@ class Submitter:
         ``insert_claimed``).  A unique name keeps the transaction: another chain of that
         name could not be told from a lost insert's.
         """
-        store, dispatcher, clock = self.store, self.dispatcher, self.clock
-        since = clock.now() - _LANDED_MARGIN
-        first_sent = clock.monotonic()
-        attempts = 0
-
-        async def insert(conn: AsyncConnection) -> tuple[RunRow | None, int]:
-            nonlocal attempts
-            attempts += 1
-            again = attempts > 1 and named_here and store.dialect.autocommit
-            if again and clock.monotonic() - first_sent > self.recheck_within:
-                # Its row may have run, finished and been pruned (retention) meanwhile.
-                raise StoreError(
-                    "creating a run: the answer to its insert was lost too long ago to tell "
-                    "whether it landed (if it did, the run is handed over and runs)"
-                )
-            return await _create.insert_claimed(
-                store, conn, values, instance_id=self.instance_id, landed_since=since if again else None
-            )
-
+        store, dispatcher = self.store, self.dispatcher
+        insert = self._run_again_safely(
+            named_here,
+            lambda c, landed: _create.insert_claimed(
+                store, c, values, instance_id=self.instance_id, landed_since=landed
+            ),
+        )
         try:
             row, run_id = await wrap_errors(
                 store.dialect.retrying(insert, one_statement=named_here), "creating a run"
@@ -173,6 +169,31 @@ class Submitter:
                 "handing a run back",
             )
         return run_id, True
+
+    def _run_again_safely(
+        self, named_here: bool, insert: Callable[[AsyncConnection, datetime | None], Awaitable[T]]
+    ) -> Callable[[AsyncConnection], Awaitable[T]]:
+        """The work ``Dialect.retrying`` runs for ``insert(conn, landed_since)``: run again
+        after a lost answer (autocommit: the first run may have landed), the insert of a run
+        named here is told to look for the row the first one may have written."""
+        store, clock = self.store, self.clock
+        since = clock.now() - _LANDED_MARGIN
+        first_sent = clock.monotonic()
+        attempts = 0
+
+        async def work(conn: AsyncConnection) -> T:
+            nonlocal attempts
+            attempts += 1
+            again = attempts > 1 and named_here and store.dialect.autocommit
+            if again and clock.monotonic() - first_sent > self.recheck_within:
+                # Its row may have run, finished and been pruned (retention) meanwhile.
+                raise StoreError(
+                    "creating a run: the answer to its insert was lost too long ago to tell "
+                    "whether it landed (if it did, the run runs)"
+                )
+            return await insert(conn, since if again else None)
+
+        return work
 
     async def many(self, job: Job[Any], requests: Sequence[RunRequest], conn: Conn | None) -> list[int]:
         """Insert one-off chains in one multi-row insert; all or nothing."""

@@ -167,6 +167,59 @@ async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
+    proxy: FaultProxy,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An instance without workers inserts a run pending (on PostgreSQL in autocommit
+    # mode, without BEGIN and COMMIT); the insert lands but its answer is lost.  Run
+    # again, the insert finds that row instead of inserting a second one; the run id is
+    # that row's, and another instance runs it once.
+    faulty = create_async_engine(proxy.proxied(database_url))
+    producer = JobsD(faulty, table_prefix=table_prefix, workers=0, heartbeat_interval=5, timeout_check=5)
+    worker = JobsD(
+        engine, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=5, timeout_check=5
+    )
+    ran: list[int] = []
+
+    async def work(info: RunInfo, marker: str) -> str:
+        ran.append(info.id)
+        return "done"
+
+    create = producer.register_job("work", work)
+    worker.register_job("work", work)
+    inserts: list[object] = []
+    insert_unique = _create.insert_unique
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        inserts.append(kwargs.get("landed_since"))
+        return await insert_unique(*args, **kwargs)
+
+    monkeypatch.setattr(_create, "insert_unique", recording)
+    try:
+        async with worker, producer:
+            # The producer's only INSERT from here on is the run's.
+            with proxy.losing_answer(b"INSERT 0 1") as lost:
+                run_id = await create.create_run("created-for-others").run()
+            assert lost.is_set(), "no answer was lost; the test proved nothing"
+            state = await worker.wait_for_run(run_id, timeout=30)
+            rows = await fetch_runs(worker)
+    finally:
+        await faulty.dispose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+        await drop_tables(engine, worker)
+    assert len(inserts) == 2 and inserts[0] is None and inserts[1] is not None
+    assert state.status is RunStatus.SUCCEEDED and state.result == "done"
+    assert [(r["id"], r["run_completed_error"]) for r in rows] == [(run_id, None)]
+    assert ran == [run_id]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
 async def test_an_insert_answer_lost_for_longer_than_the_retention_is_not_guessed(
     proxy: FaultProxy,
     database_url: str,

@@ -55,13 +55,20 @@ def clock_plus(store: Store, seconds_bind: str) -> ColumnElement[datetime]:
     )
 
 
-async def insert_unique(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> tuple[int, bool]:
+async def insert_unique(
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, landed_since: datetime | None = None
+) -> tuple[int, bool]:
     """Insert a first row unless its name is active; return (run id, inserted).
 
     When a pending or running row already holds ``name_active``, nothing is inserted and the
-    run id of that row's chain is returned.
+    run id of that row's chain is returned.  ``landed_since``: see :func:`insert_claimed`;
+    a row the lost insert wrote is announced again (its announcement may have been lost too).
     """
+    if landed_since is not None:
+        values = {**values, LANDED_SINCE: landed_since}
     row, run_id = await _insert_first(store, conn, values, whole_row=False)
+    if row is None and landed_since is not None:
+        await notify_new(store, conn)
     return run_id, row is not None
 
 
