@@ -13,6 +13,7 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,36 @@ from jobsd_async import JobsD, RunInfo, RunStatus, StoreError
 from jobsd_async._store import _claim, _create
 
 OUTAGE = 3.0  # seconds
+
+
+async def dispose(faulty: AsyncEngine) -> None:
+    """Dispose of an engine whose connections the proxy may have cut."""
+    await faulty.dispose()
+    with warnings.catch_warnings():
+        # aiomysql leaves the sockets the proxy cut for the garbage collector to close.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+@dataclass
+class Call:
+    kwargs: dict[str, Any]
+    result: Any = None  # once it returned
+
+
+def recorded(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Call]:
+    """Spy on the coroutine function ``module.name``: its calls, in order (a call that
+    raises included)."""
+    calls: list[Call] = []
+    original = getattr(module, name)
+
+    async def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append(call := Call(kwargs))
+        call.result = await original(*args, **kwargs)
+        return call.result
+
+    monkeypatch.setattr(module, name, recording)
+    return calls
 
 
 @pytest.fixture
@@ -89,11 +120,7 @@ async def test_outage_during_load_loses_and_doubles_nothing(
                 after = await work.create_run(-1).run()
                 assert (await jd.wait_for_run(after, timeout=30)).result == -1
         finally:
-            await faulty.dispose()
-            with warnings.catch_warnings():
-                # aiomysql leaves the sockets the proxy cut for the garbage collector to close.
-                warnings.simplefilter("ignore", ResourceWarning)
-                gc.collect()
+            await dispose(faulty)
 
         logging.getLogger(__name__).info("refused creations during the outage: %d", refused)
         assert refused > 0, "the outage did not hit the producer; the test proved nothing"
@@ -137,14 +164,7 @@ async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
         ran.append(info.id)
         return "done"
 
-    handed_back: list[bool] = []
-    hand_back = _claim.hand_back
-
-    async def recording(*args: Any, **kwargs: Any) -> bool:
-        handed_back.append(await hand_back(*args, **kwargs))
-        return handed_back[-1]
-
-    monkeypatch.setattr(_claim, "hand_back", recording)
+    handing_back = recorded(monkeypatch, _claim, "hand_back")
     try:
         async with jd:
             # Only the insert carries the run's arguments (and its answer, RETURNING the row).
@@ -154,16 +174,13 @@ async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
             state = await jd.wait_for_run(run_id, timeout=30)
             rows = await fetch_runs(jd)
     finally:
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        await dispose(faulty)
         await drop_tables(engine, jd)
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_completed_error"], r["run_total_count"]) for r in rows] == [(run_id, None, 1)]
     assert ran == [run_id], "the job ran more than once"
     # On PostgreSQL the lost insert had landed: its row was found and handed back.
-    assert handed_back == ([True] if backend == "postgresql" else [])
+    assert [c.result for c in handing_back] == ([True] if backend == "postgresql" else [])
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
@@ -191,14 +208,7 @@ async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
 
     create = producer.register_job("work", work)
     worker.register_job("work", work)
-    inserts: list[object] = []
-    insert_unique = _create.insert_unique
-
-    async def recording(*args: Any, **kwargs: Any) -> Any:
-        inserts.append(kwargs.get("landed_since"))
-        return await insert_unique(*args, **kwargs)
-
-    monkeypatch.setattr(_create, "insert_unique", recording)
+    inserts = recorded(monkeypatch, _create, "insert_unique")
     try:
         async with worker, producer:
             # The producer's only INSERT from here on is the run's.
@@ -208,12 +218,9 @@ async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
             state = await worker.wait_for_run(run_id, timeout=30)
             rows = await fetch_runs(worker)
     finally:
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        await dispose(faulty)
         await drop_tables(engine, worker)
-    assert len(inserts) == 2 and inserts[0] is None and inserts[1] is not None
+    assert [c.kwargs.get("landed_since") is None for c in inserts] == [True, False]
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_completed_error"]) for r in rows] == [(run_id, None)]
     assert ran == [run_id]
@@ -247,14 +254,7 @@ async def test_an_insert_answer_lost_for_longer_than_the_retention_is_not_guesse
         ran.append(info.id)
         return "done"
 
-    inserts: list[object] = []
-    insert_claimed = _create.insert_claimed
-
-    async def recording(*args: Any, **kwargs: Any) -> Any:
-        inserts.append(kwargs.get("landed_since"))
-        return await insert_claimed(*args, **kwargs)
-
-    monkeypatch.setattr(_create, "insert_claimed", recording)
+    inserts = recorded(monkeypatch, _create, "insert_claimed")
     noticed = asyncio.Event()
     try:
         async with jd:
@@ -269,10 +269,7 @@ async def test_an_insert_answer_lost_for_longer_than_the_retention_is_not_guesse
                     await creating
     finally:
         noticed.set()
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        await dispose(faulty)
         await drop_tables(engine, jd)
     assert len(ran) == 1
     assert len(inserts) == 1, "the insert was run again"
@@ -315,10 +312,7 @@ async def test_a_lost_insert_answer_noticed_late_never_starts_a_second_chain(
             rows = await fetch_runs(jd)
     finally:
         noticed.set()
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        await dispose(faulty)
         await drop_tables(engine, jd)
     assert len(ran) == 1, "the job ran more than once"
     assert run_id == rows[0]["id"]
@@ -347,14 +341,7 @@ async def test_an_insert_lost_on_its_way_is_run_again_and_creates_the_run(
         ran.append(info.id)
         return "done"
 
-    runs_again: list[object] = []
-    insert_claimed = _create.insert_claimed
-
-    async def recording(*args: Any, **kwargs: Any) -> Any:
-        runs_again.append(kwargs.get("landed_since"))
-        return await insert_claimed(*args, **kwargs)
-
-    monkeypatch.setattr(_create, "insert_claimed", recording)
+    runs_again = recorded(monkeypatch, _create, "insert_claimed")
     try:
         async with jd:
             # Only the insert carries the run's arguments.
@@ -364,12 +351,9 @@ async def test_an_insert_lost_on_its_way_is_run_again_and_creates_the_run(
             state = await jd.wait_for_run(run_id, timeout=10)
             rows = await fetch_runs(jd)
     finally:
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        await dispose(faulty)
         await drop_tables(engine, jd)
-    assert len(runs_again) == 2 and runs_again[0] is None and runs_again[1] is not None
+    assert [c.kwargs.get("landed_since") is None for c in runs_again] == [True, False]
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_started_by"], r["run_completed_error"]) for r in rows] == [
         (run_id, jd.instance_id, None)
@@ -394,10 +378,7 @@ async def test_down_is_bounded_when_the_database_stops_answering(
                 await jd.down()
     finally:
         await proxy.close()  # the frozen connections: cut
-        await faulty.dispose()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+        await dispose(faulty)
         await drop_tables(engine, jd)
 
 
