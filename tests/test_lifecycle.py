@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,26 @@ async def test_failed_up_raises_store_error_and_stops(tmp_path: object) -> None:
         await jd.down()
     finally:
         await engine.dispose()
+
+
+async def test_a_sqlite_file_held_by_another_connection_is_switched_to_wal_once_free(
+    tmp_path: Path, table_prefix: str
+) -> None:
+    # Instances starting together open the file at once: switching it to WAL mode (or
+    # even asking its mode) can then be refused at once, "database is locked", without
+    # waiting on the busy timeout.  The start waits for the file instead of failing.
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE held (x INTEGER)")
+    holder.execute("BEGIN EXCLUSIVE")
+    # No busy timeout: a file another connection holds refuses at once, as in that race.
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0})
+    jd = JobsD(engine, table_prefix=table_prefix, **FAST)
+    asyncio.get_running_loop().call_later(0.3, holder.rollback)
+    try:
+        async with jd, engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+    finally:
+        holder.close()
+        await engine.dispose()
+    assert mode == "wal"

@@ -34,6 +34,7 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
 """What a failed database call raises: SQLAlchemy-wrapped driver errors, or socket errors."""
 
 _SQLITE_FORMAT = "%Y-%m-%d %H:%M:%f000"  # SQLAlchemy's text layout, millisecond precision
+_WAL_ATTEMPTS = 12  # switching a SQLite file to WAL mode while others open it (~3 s in all)
 _TRANSIENT_RETRIES = 8
 # Data too long, out of range, incorrect value, NULL in a NOT NULL column, duplicate key.
 _MYSQL_REFUSALS = frozenset({1048, 1062, 1264, 1265, 1292, 1366, 1406, 1690})
@@ -74,9 +75,7 @@ class Dialect:
         dialect = cls(engine)
         dialect.autocommit = dialect.is_postgresql and cached
         if dialect.name == "sqlite":
-            async with engine.connect() as conn:
-                # WAL lets readers run beside the single writer; it persists in the file.
-                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            await _use_wal(engine)
         return dialect
 
     @property
@@ -310,6 +309,27 @@ async def _rollback(conn: AsyncConnection, *, explicit: bool = False) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
         raise
+
+
+async def _use_wal(engine: AsyncEngine) -> None:
+    """Put a SQLite file in WAL mode, which lets readers run beside the single writer (it
+    persists in the file).
+
+    Switching needs the file to itself, and even asking for the mode it is already in may
+    be refused at once ("database is locked", without waiting on the busy timeout) while
+    other connections open it, as when instances start together: try again a few times.
+    """
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            async with engine.connect() as conn:
+                mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                if str(mode).lower() != "wal":
+                    await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                return
+        except DBAPIError as exc:
+            if "locked" not in str(exc.orig) or attempt == _WAL_ATTEMPTS - 1:
+                raise
+        await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _autocommits(conn: AsyncConnection) -> bool:
