@@ -42,7 +42,7 @@ from ._store import _browse, _migrations, _prune
 from ._store._connections import Connections
 from ._store._instances import Counters
 from ._store._rows import Store
-from ._submission import RECHECK_MAX, Submitter
+from ._submission import Submitter
 from ._supervisor import Loops, ticking, waiting
 from ._telemetry import Backlog, Telemetry
 from ._waiters import Waiters
@@ -78,8 +78,9 @@ class Runner:
             schedules=schedules,
             counters=counters,
         )
-        recheck = min(RECHECK_MAX, RECHECK_MAX if config.retention is None else config.retention)
-        self.submitter = Submitter(store, self.dispatcher, clock, instance_id, schedules, telemetry, recheck)
+        self.submitter = Submitter(
+            store, self.dispatcher, clock, instance_id, schedules, telemetry, config.retention
+        )
         self.periodic = Reconciler(
             config=config,
             store=store,

@@ -38,7 +38,7 @@ T = TypeVar("T")
 _LANDED_MARGIN = timedelta(seconds=10)
 # A lost insert is looked for only this long (or the retention, if shorter): a row it wrote
 # could be handed over, run, finished and pruned after that.
-RECHECK_MAX = 60.0
+_RECHECK_MAX = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ class Submitter:
     instance_id: int
     schedules: Mapping[str, ScheduleFunc]
     telemetry: Telemetry
-    recheck_within: float  # seconds after a lost insert during which its row can surely be found
+    retention: float | None  # how long finished runs are kept (None: this instance prunes none)
 
     async def one(self, job: Job[Any], request: RunRequest, conn: Conn | None) -> int:
         """Insert one chain (or find the active one with its unique name); return its run id."""
@@ -68,13 +68,13 @@ class Submitter:
         self, job: Job[Any], request: RunRequest, values: dict[str, Any], due: datetime, conn: Conn | None
     ) -> tuple[int, bool]:
         store = self.store
+        named_here = request.unique is None
         if conn is None and await self._starts_here(job, request, values["queue"]):
             # Shielded: once inserted, the row must reach its task even if our caller gives up
             # (whose failure, then, nobody is left to hear).
-            task = asyncio.ensure_future(self._insert_and_start(values, named_here=request.unique is None))
+            task = asyncio.ensure_future(self._insert_and_start(values, named_here=named_here))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return await asyncio.shield(task)
-        named_here = request.unique is None
         if conn is None:
             insert = self._run_again_safely(
                 named_here, lambda c, landed: _create.insert_unique(store, c, values, landed_since=landed)
@@ -177,6 +177,8 @@ class Submitter:
         after a lost answer (autocommit: the first run may have landed), the insert of a run
         named here is told to look for the row the first one may have written."""
         store, clock = self.store, self.clock
+        # How long its row can surely be found.
+        within = _RECHECK_MAX if self.retention is None else min(_RECHECK_MAX, self.retention)
         since = clock.now() - _LANDED_MARGIN
         first_sent = clock.monotonic()
         attempts = 0
@@ -185,7 +187,7 @@ class Submitter:
             nonlocal attempts
             attempts += 1
             again = attempts > 1 and named_here and store.dialect.autocommit
-            if again and clock.monotonic() - first_sent > self.recheck_within:
+            if again and clock.monotonic() - first_sent > within:
                 # Its row may have run, finished and been pruned (retention) meanwhile.
                 raise StoreError(
                     "creating a run: the answer to its insert was lost too long ago to tell "

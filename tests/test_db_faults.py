@@ -8,11 +8,12 @@ to cut, so this scenario exists on PostgreSQL and MariaDB only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from faultproxy import FaultProxy
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from jobsd_async import JobsD, RunInfo, RunStatus, StoreError
+from jobsd_async import Job, JobsD, RunInfo, RunStatus, StoreError
 from jobsd_async._store import _claim, _create
 
 OUTAGE = 3.0  # seconds
@@ -57,6 +58,32 @@ def recorded(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[Ca
 
     monkeypatch.setattr(module, name, recording)
     return calls
+
+
+def recording(ran: list[int]) -> Callable[[RunInfo, str], Coroutine[Any, Any, str]]:
+    """The job "work": it records its run ids in ``ran`` and returns "done"."""
+
+    async def work(info: RunInfo, marker: str) -> str:
+        ran.append(info.id)
+        return "done"
+
+    return work
+
+
+@contextlib.asynccontextmanager
+async def proxied(
+    proxy: FaultProxy, database_url: str, engine: AsyncEngine, table_prefix: str, **options: Any
+) -> AsyncIterator[tuple[JobsD, Job[[str], str], list[int]]]:
+    """An instance on an engine through the proxy, with the job "work" (see :func:`recording`)
+    and the ids it ran; its engine disposed of and its tables dropped afterwards."""
+    faulty = create_async_engine(proxy.proxied(database_url))
+    jd = JobsD(faulty, table_prefix=table_prefix, **options)
+    ran: list[int] = []
+    try:
+        yield jd, jd.register_job("work", recording(ran)), ran
+    finally:
+        await dispose(faulty)
+        await drop_tables(engine, jd)
 
 
 @pytest.fixture
@@ -154,28 +181,16 @@ async def test_a_run_started_here_whose_insert_answer_is_lost_runs_once(
     # carried it out: the insert run again finds that row instead of starting a second
     # chain, and hands it back to pending (it never started), from where it runs.  On
     # MariaDB the insert's transaction never committed: it is simply run again.
-    faulty = create_async_engine(proxy.proxied(database_url))
-    # Beats far enough apart that the resurrector does not hand the row over first.
-    jd = JobsD(faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=5, timeout_check=5)
-    ran: list[int] = []
-
-    @jd.job(name="work")
-    async def work(info: RunInfo, marker: str) -> str:
-        ran.append(info.id)
-        return "done"
-
     handing_back = recorded(monkeypatch, _claim, "hand_back")
-    try:
-        async with jd:
-            # Only the insert carries the run's arguments (and its answer, RETURNING the row).
-            with proxy.losing_answer(b"answer-lost-marker") as lost:
-                run_id = await work.create_run("answer-lost-marker").run()
-            assert lost.is_set(), "no answer was lost; the test proved nothing"
-            state = await jd.wait_for_run(run_id, timeout=30)
-            rows = await fetch_runs(jd)
-    finally:
-        await dispose(faulty)
-        await drop_tables(engine, jd)
+    # Beats far enough apart that the resurrector does not hand the row over first.
+    options = {"poll_interval": 0.2, "heartbeat_interval": 5, "timeout_check": 5}
+    async with proxied(proxy, database_url, engine, table_prefix, **options) as (jd, work, ran), jd:
+        # Only the insert carries the run's arguments (and its answer, RETURNING the row).
+        with proxy.losing_answer(b"answer-lost-marker") as lost:
+            run_id = await work.create_run("answer-lost-marker").run()
+        assert lost.is_set(), "no answer was lost; the test proved nothing"
+        state = await jd.wait_for_run(run_id, timeout=30)
+        rows = await fetch_runs(jd)
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_completed_error"], r["run_total_count"]) for r in rows] == [(run_id, None, 1)]
     assert ran == [run_id], "the job ran more than once"
@@ -195,21 +210,13 @@ async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
     # mode, without BEGIN and COMMIT); the insert lands but its answer is lost.  Run
     # again, the insert finds that row instead of inserting a second one; the run id is
     # that row's, and another instance runs it once.
-    faulty = create_async_engine(proxy.proxied(database_url))
-    producer = JobsD(faulty, table_prefix=table_prefix, workers=0, heartbeat_interval=5, timeout_check=5)
-    worker = JobsD(
-        engine, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=5, timeout_check=5
-    )
-    ran: list[int] = []
-
-    async def work(info: RunInfo, marker: str) -> str:
-        ran.append(info.id)
-        return "done"
-
-    create = producer.register_job("work", work)
-    worker.register_job("work", work)
     inserts = recorded(monkeypatch, _create, "insert_unique")
-    try:
+    options = {"workers": 0, "heartbeat_interval": 5, "timeout_check": 5}
+    async with proxied(proxy, database_url, engine, table_prefix, **options) as (producer, create, ran):
+        worker = JobsD(
+            engine, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=5, timeout_check=5
+        )
+        worker.register_job("work", recording(ran))
         async with worker, producer:
             # The producer's only INSERT from here on is the run's.
             with proxy.losing_answer(b"INSERT 0 1") as lost:
@@ -217,9 +224,6 @@ async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
             assert lost.is_set(), "no answer was lost; the test proved nothing"
             state = await worker.wait_for_run(run_id, timeout=30)
             rows = await fetch_runs(worker)
-    finally:
-        await dispose(faulty)
-        await drop_tables(engine, worker)
     assert [c.kwargs.get("landed_since") is None for c in inserts] == [True, False]
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_completed_error"]) for r in rows] == [(run_id, None)]
@@ -238,39 +242,23 @@ async def test_an_insert_answer_lost_for_longer_than_the_retention_is_not_guesse
     # finished and been deleted by the time the loss is noticed: the insert is then not
     # run again (it could start a second chain); the caller hears that the outcome is
     # unknown, and the run, created, runs once.
-    faulty = create_async_engine(proxy.proxied(database_url))
-    jd = JobsD(
-        faulty,
-        table_prefix=table_prefix,
-        poll_interval=0.2,
-        heartbeat_interval=0.2,
-        timeout_check=0.2,
-        retention=0.5,
-    )
-    ran: list[int] = []
-
-    @jd.job(name="work")
-    async def work(info: RunInfo, marker: str) -> str:
-        ran.append(info.id)
-        return "done"
-
     inserts = recorded(monkeypatch, _create, "insert_claimed")
+    options = {"poll_interval": 0.2, "heartbeat_interval": 0.2, "timeout_check": 0.2, "retention": 0.5}
     noticed = asyncio.Event()
-    try:
-        async with jd:
-            with proxy.losing_answer(b"answer-pruned-marker", hold=noticed) as lost:
-                creating = asyncio.create_task(work.create_run("answer-pruned-marker").run())
-                async with asyncio.timeout(10):
-                    await lost.wait()
-                await eventually(lambda: len(ran) == 1, timeout=30, what="the lost insert's run ran")
-                await asyncio.sleep(0.6)  # (a duration is what is under test: past the retention)
-                noticed.set()
-                with pytest.raises(StoreError, match="too long ago to tell"):
-                    await creating
-    finally:
-        noticed.set()
-        await dispose(faulty)
-        await drop_tables(engine, jd)
+    async with proxied(proxy, database_url, engine, table_prefix, **options) as (jd, work, ran):
+        try:
+            async with jd:
+                with proxy.losing_answer(b"answer-pruned-marker", hold=noticed) as lost:
+                    creating = asyncio.create_task(work.create_run("answer-pruned-marker").run())
+                    async with asyncio.timeout(10):
+                        await lost.wait()
+                    await eventually(lambda: len(ran) == 1, timeout=30, what="the lost insert's run ran")
+                    await asyncio.sleep(0.6)  # (a duration is what is under test: past the retention)
+                    noticed.set()
+                    with pytest.raises(StoreError, match="too long ago to tell"):
+                        await creating
+        finally:
+            noticed.set()
     assert len(ran) == 1
     assert len(inserts) == 1, "the insert was run again"
 
@@ -283,37 +271,27 @@ async def test_a_lost_insert_answer_noticed_late_never_starts_a_second_chain(
     # finished (its name is free again), and only then lost: the insert run again now
     # must still find that run (by its name among the rows closed since), not start a
     # second chain.
-    faulty = create_async_engine(proxy.proxied(database_url))
-    jd = JobsD(
-        faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.2, timeout_check=0.2
-    )
-    ran: list[int] = []
-
-    @jd.job(name="work")
-    async def work(info: RunInfo, marker: str) -> str:
-        ran.append(info.id)
-        return "done"
-
-    async def chain_finished() -> bool:
-        rows = await fetch_runs(jd)
-        return bool(rows) and rows[-1]["run_completed_at"] is not None
-
+    options = {"poll_interval": 0.2, "heartbeat_interval": 0.2, "timeout_check": 0.2}
     noticed = asyncio.Event()
-    try:
-        async with jd:
-            with proxy.losing_answer(b"answer-late-marker", hold=noticed) as lost:
-                creating = asyncio.create_task(work.create_run("answer-late-marker").run())
-                async with asyncio.timeout(10):
-                    await lost.wait()
-                await eventually(chain_finished, timeout=30, what="the lost insert's run finished")
-                noticed.set()
-                run_id = await creating
-            state = await jd.wait_for_run(run_id, timeout=10)
+    async with proxied(proxy, database_url, engine, table_prefix, **options) as (jd, work, ran):
+
+        async def chain_finished() -> bool:
             rows = await fetch_runs(jd)
-    finally:
-        noticed.set()
-        await dispose(faulty)
-        await drop_tables(engine, jd)
+            return bool(rows) and rows[-1]["run_completed_at"] is not None
+
+        try:
+            async with jd:
+                with proxy.losing_answer(b"answer-late-marker", hold=noticed) as lost:
+                    creating = asyncio.create_task(work.create_run("answer-late-marker").run())
+                    async with asyncio.timeout(10):
+                        await lost.wait()
+                    await eventually(chain_finished, timeout=30, what="the lost insert's run finished")
+                    noticed.set()
+                    run_id = await creating
+                state = await jd.wait_for_run(run_id, timeout=10)
+                rows = await fetch_runs(jd)
+        finally:
+            noticed.set()
     assert len(ran) == 1, "the job ran more than once"
     assert run_id == rows[0]["id"]
     assert {int(r["origin_id"] or r["id"]) for r in rows} == {run_id}, "a second chain was created"
@@ -332,27 +310,15 @@ async def test_an_insert_lost_on_its_way_is_run_again_and_creates_the_run(
     # The connection drops while the insert is on its way: it never reached the server.
     # Run again (looking for a row the first run may have written, and finding none), it
     # creates the run, which starts here at once.
-    faulty = create_async_engine(proxy.proxied(database_url))
-    jd = JobsD(faulty, table_prefix=table_prefix, poll_interval=0.2, heartbeat_interval=0.2)
-    ran: list[int] = []
-
-    @jd.job(name="work")
-    async def work(info: RunInfo, marker: str) -> str:
-        ran.append(info.id)
-        return "done"
-
     runs_again = recorded(monkeypatch, _create, "insert_claimed")
-    try:
-        async with jd:
-            # Only the insert carries the run's arguments.
-            with proxy.losing_request(b"request-lost-marker") as lost:
-                run_id = await work.create_run("request-lost-marker").run()
-            assert lost.is_set(), "no request was lost; the test proved nothing"
-            state = await jd.wait_for_run(run_id, timeout=10)
-            rows = await fetch_runs(jd)
-    finally:
-        await dispose(faulty)
-        await drop_tables(engine, jd)
+    options = {"poll_interval": 0.2, "heartbeat_interval": 0.2}
+    async with proxied(proxy, database_url, engine, table_prefix, **options) as (jd, work, ran), jd:
+        # Only the insert carries the run's arguments.
+        with proxy.losing_request(b"request-lost-marker") as lost:
+            run_id = await work.create_run("request-lost-marker").run()
+        assert lost.is_set(), "no request was lost; the test proved nothing"
+        state = await jd.wait_for_run(run_id, timeout=10)
+        rows = await fetch_runs(jd)
     assert [c.kwargs.get("landed_since") is None for c in runs_again] == [True, False]
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_started_by"], r["run_completed_error"]) for r in rows] == [

@@ -229,8 +229,9 @@ async def _insert_if_name_free(
     expressions = {k: v for k, v in values.items() if isinstance(v, ClauseElement)}
     params = {k: v for k, v in values.items() if k not in expressions}
     returning = dialect.insert_returning
+    shape = _shape(store, values)
     stmt = store.statement(
-        ("insert first", _shape(store, values), whole_row),
+        ("insert first", shape, whole_row),
         lambda: (
             _first_row_statement(store, expressions, whole_row=whole_row)
             if LANDED_SINCE not in values
@@ -240,9 +241,9 @@ async def _insert_if_name_free(
     row: Mapping[Any, Any] | None
     if whole_row and LANDED_SINCE not in values and _driver.drives(conn):
         # A run started here: its insert is the hot one (see _driver).
-        key = ("insert first on the driver", _shape(store, values))
         driven = store.statement(
-            key, lambda: _driver.DriverStatement(stmt, list(store.runs.c), conn.dialect, list(params))
+            ("insert first on the driver", shape),
+            lambda: _driver.DriverStatement(stmt, list(store.runs.c), conn.dialect, list(params)),
         )
         found = await _driver.fetch(conn, driven, params)
         row = dict(zip(driven.keys, found[0], strict=True)) if found else None

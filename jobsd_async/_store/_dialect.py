@@ -75,12 +75,33 @@ class Dialect:
         dialect = cls(engine)
         dialect.autocommit = dialect.is_postgresql and cached
         if dialect.name == "sqlite":
-            await _use_wal(engine)
+            await dialect._use_wal()
         return dialect
 
     @property
     def is_sqlite(self) -> bool:
         return self.name == "sqlite"
+
+    async def _use_wal(self) -> None:
+        """Put a SQLite file in WAL mode, which lets readers run beside the single writer
+        (it persists in the file).
+
+        Switching needs the file to itself, and even asking for the mode it is already in
+        may be refused at once ("database is locked", without waiting on the busy timeout)
+        while other connections open it, as when instances start together: try again a
+        few times.
+        """
+        for attempt in range(_WAL_ATTEMPTS):
+            try:
+                async with self.engine.connect() as conn:
+                    mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                    if str(mode).lower() != "wal":
+                        await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    return
+            except DBAPIError as exc:
+                if not self.is_transient(exc) or attempt == _WAL_ATTEMPTS - 1:
+                    raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
     @property
     def is_postgresql(self) -> bool:
@@ -147,7 +168,7 @@ class Dialect:
         self, progress: _Progress, *, one_statement: bool = False, urgent: bool = False, patient: bool = False
     ) -> AsyncIterator[AsyncConnection]:
         async with self._connection(autocommit=one_statement, urgent=urgent, patient=patient) as conn:
-            if one_statement and _autocommits(conn):
+            if one_statement and autocommits(conn):
                 # A single statement is atomic on its own: without BEGIN and COMMIT it costs
                 # one round trip instead of three.
                 yield conn
@@ -164,7 +185,7 @@ class Dialect:
         On a connection in autocommit mode (an instance's own, on PostgreSQL) the
         transaction is opened and ended with explicit statements.
         """
-        explicit = _autocommits(conn)
+        explicit = autocommits(conn)
         try:
             if self.is_sqlite:
                 # Inside the try: a cancel that lands while BEGIN runs must still roll back.
@@ -311,28 +332,8 @@ async def _rollback(conn: AsyncConnection, *, explicit: bool = False) -> None:
         raise
 
 
-async def _use_wal(engine: AsyncEngine) -> None:
-    """Put a SQLite file in WAL mode, which lets readers run beside the single writer (it
-    persists in the file).
-
-    Switching needs the file to itself, and even asking for the mode it is already in may
-    be refused at once ("database is locked", without waiting on the busy timeout) while
-    other connections open it, as when instances start together: try again a few times.
-    """
-    for attempt in range(_WAL_ATTEMPTS):
-        try:
-            async with engine.connect() as conn:
-                mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
-                if str(mode).lower() != "wal":
-                    await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-                return
-        except DBAPIError as exc:
-            if "locked" not in str(exc.orig) or attempt == _WAL_ATTEMPTS - 1:
-                raise
-        await asyncio.sleep(0.05 * (attempt + 1))
-
-
-def _autocommits(conn: AsyncConnection) -> bool:
+def autocommits(conn: AsyncConnection) -> bool:
+    """Whether ``conn`` is in autocommit mode (its transactions say BEGIN and COMMIT)."""
     sync = conn.sync_connection
     return sync is not None and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 

@@ -32,6 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, ColumnElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from ._dialect import autocommits
+
 Processor = Callable[[Any], Any]
 
 
@@ -113,7 +115,7 @@ def drives(conn: AsyncConnection) -> bool:
         and not sync.invalidated
         and not sync.closed
         and sync.dialect.driver == "asyncpg"
-        and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        and autocommits(conn)
     )
 
 
