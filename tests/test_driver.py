@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jobsd_async import RunInfo, RunStatus
-from jobsd_async._store import _create, _driver
+from jobsd_async._store import _claim, _create, _driver
 from jobsd_async._store._dialect import Dialect
 from jobsd_async._store._rows import RunRow
 from jobsd_async._store._schema import UTCDateTime
@@ -70,6 +70,48 @@ async def test_a_run_started_here_gets_the_row_as_stored(make_jobsd: MakeJobsD) 
     assert driven == ["INSERT", "WITH"], "the insert and the completion did not run on the driver"
     assert len(started) == 1 and started == stored
     assert started[0].run_started_by == jd.instance_id
+
+
+@pytest.mark.parametrize("queues", [None, ("default", "other")])
+async def test_a_claimed_run_gets_the_row_as_stored(
+    make_jobsd: MakeJobsD, queues: tuple[str, ...] | None
+) -> None:
+    # The claim runs on the driver (also when it names queues and jobs as array values):
+    # the rows the claim returns are the rows a read through SQLAlchemy finds.
+    jd = make_jobsd(workers=2, queues=queues)
+    claimed: list[RunRow] = []
+    stored: list[RunRow] = []
+    claim_due = _claim.claim_due
+
+    async def recording(*args: Any, **kwargs: Any) -> list[RunRow]:
+        rows = await claim_due(*args, **kwargs)
+        claimed.extend(rows)
+        return rows
+
+    @jd.job(name="look")
+    async def look(info: RunInfo) -> None:
+        stored.extend(RunRow.of(row) for row in await fetch_runs(jd) if row["id"] == info.run_id)
+
+    driven: list[str] = []
+    fetch = _driver.fetch
+
+    async def fetching(conn: AsyncConnection, statement: Any, params: Any, **kw: Any) -> Any:
+        driven.append(statement.sql)
+        return await fetch(conn, statement, params, **kw)
+
+    async with jd:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_claim, "claim_due", recording)
+            patch.setattr(_driver, "fetch", fetching)
+            run_ids = [await look.create_run().run_after(0.05) for _ in range(3)]
+            for run_id in run_ids:
+                assert (await jd.wait_for_run(run_id, timeout=10)).status is RunStatus.SUCCEEDED
+    assert any(sql.startswith("WITH picked") and "UPDATE" in sql for sql in driven), driven
+    assert sorted(row.id for row in claimed) == sorted(run_ids)
+    assert sorted(claimed) == sorted(stored)
+    for row in claimed:
+        assert row.run_started_by == jd.instance_id
+        assert row.run_started_at is not None and row.run_started_at.tzinfo is UTC
 
 
 async def test_rows_and_literals_come_back_as_sqlalchemy_gives_them(engine: AsyncEngine) -> None:

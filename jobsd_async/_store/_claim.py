@@ -14,11 +14,13 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    BigInteger,
     BindParameter,
     ColumnElement,
     Executable,
     Integer,
     Select,
+    all_,
     bindparam,
     case,
     exists,
@@ -28,10 +30,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._config import MAX_COUNT, MAX_DURATION, JobLimits
-from . import _limits
+from . import _driver, _limits
 from ._create import notify_new
 from ._rows import RunRow, Store, row_columns, schedule_computable
 
@@ -72,9 +75,9 @@ def poll_statement(
         select(runs.c.id, runs.c.run_at)
         .where(
             runs.c.run_started_at.is_(None),
-            runs.c.job.in_(list(jobs)),
+            dialect.among(runs.c.job, jobs),
             runs.c.run_completed_at.is_(None),
-            schedule_computable(runs, schedules),
+            schedule_computable(store, schedules),
             runs.c.run_at <= dialect.add_seconds(dialect.now(), literal(horizon)),
             *_routable(store, queues),
         )
@@ -115,6 +118,13 @@ async def claim_due(
     if not dialect.update_returning:
         return await _pick_then_claim(store, conn, shape, params)
     stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, shape))
+    if _driver.drives(conn):
+        # The claim is the burn-down's hot statement (see _driver).
+        driven = store.statement(
+            ("claim on the driver", *shape),
+            lambda: _driver.DriverStatement(stmt, row_columns(store.runs), conn.dialect),
+        )
+        return await _driver.fetch(conn, driven, params, make=RunRow._make)
     return list(map(RunRow._make, await conn.execute(stmt, params)))
 
 
@@ -189,10 +199,19 @@ def pick_statement(
     runs = store.runs
     stmt = select(runs.c.id).where(*_claimable(store, jobs, schedules, queues))
     if avoiding:
-        stmt = stmt.where(runs.c.id.not_in(bindparam("avoid", expanding=True)))
+        stmt = stmt.where(_not_avoided(store))
     if above:
         stmt = stmt.where(runs.c.priority > bindparam("above", type_=Integer))
     return stmt.order_by(*_claim_order(store)).limit(limit)
+
+
+def _not_avoided(store: Store) -> ColumnElement[bool]:
+    """Rows whose ids are not in the ``avoid`` parameter (on PostgreSQL one array, as in
+    ``Dialect.among``)."""
+    runs = store.runs
+    if store.dialect.is_postgresql:
+        return runs.c.id != all_(bindparam("avoid", type_=postgresql.ARRAY(BigInteger)))
+    return runs.c.id.not_in(bindparam("avoid", expanding=True))
 
 
 def _claim_order(store: Store) -> tuple[ColumnElement[Any], ...]:
@@ -208,8 +227,8 @@ def _claimable(
         runs.c.run_started_at.is_(None),
         runs.c.run_completed_at.is_(None),
         runs.c.run_at <= store.dialect.now(),
-        runs.c.job.in_(list(jobs)),
-        schedule_computable(runs, schedules),
+        store.dialect.among(runs.c.job, jobs),
+        schedule_computable(store, schedules),
         *_routable(store, queues, writing=writing),
     )
 
@@ -229,9 +248,9 @@ def _routable(store: Store, queues: Queues, *, writing: bool = False) -> tuple[C
         paused = bindparam("paused", expanding=True)
     else:
         paused = select(paused_queues.c.name).where(paused_queues.c.paused_at.is_not(None))
-    routable = [runs.c.queue.not_in(paused)]
+    routable: list[ColumnElement[bool]] = [runs.c.queue.not_in(paused)]
     if queues is not None:
-        routable.append(runs.c.queue.in_(list(queues)))
+        routable.append(store.dialect.among(runs.c.queue, queues))
     return tuple(routable)
 
 
@@ -433,7 +452,7 @@ def _limited_pick(store: Store, limits: JobLimits, shape: _Shape) -> Select[Any]
         func.row_number().over(partition_by=key, order_by=_claim_order(store)).label("nth"),
     ).where(*_claimable(store, jobs, schedules, queues))
     if avoiding:
-        candidates = candidates.where(runs.c.id.not_in(bindparam("avoid", expanding=True)))
+        candidates = candidates.where(_not_avoided(store))
     due = candidates.subquery("due")
     stmt = select(due.c.id).select_from(due)
     started = runs.c.run_started_at.is_not(None)

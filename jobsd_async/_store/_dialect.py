@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ColumnElement, cast, func, literal_column, type_coerce
+from sqlalchemy import BigInteger, ColumnElement, any_, cast, func, literal, literal_column, type_coerce
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -136,6 +137,16 @@ class Dialect:
             return type_coerce(func.timestampadd(literal_column("MICROSECOND"), micros, ts), UTCDateTime)
         modifier = func.printf("%+.6f seconds", seconds)
         return type_coerce(func.strftime(_SQLITE_FORMAT, ts, modifier), UTCDateTime)
+
+    def among(self, column: ColumnElement[Any], values: Collection[Any]) -> ColumnElement[bool]:
+        """``column IN values``: on PostgreSQL ``column = ANY`` of one array parameter.
+
+        The same test to the planner, but a statement with nothing to expand when it runs:
+        one that can be compiled once for the driver's connection (see ``_driver``).
+        """
+        if self.is_postgresql:
+            return column == any_(literal(list(values), postgresql.ARRAY(column.type)))
+        return column.in_(list(values))
 
     def least(self, a: ColumnElement[Any], b: ColumnElement[Any]) -> ColumnElement[Any]:
         """The smaller of two numbers in SQL."""

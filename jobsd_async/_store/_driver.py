@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast, overload
 
 from sqlalchemy.engine import Dialect as SQLDialect
 from sqlalchemy.exc import DBAPIError, StatementError
@@ -35,6 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from ._dialect import autocommits
 
 Processor = Callable[[Any], Any]
+R = TypeVar("R")
 
 
 class DriverStatement:
@@ -93,15 +94,16 @@ class DriverStatement:
             for value in (values[name],)
         ]
 
-    def row(self, record: Any) -> tuple[Any, ...]:
-        """A returned row as SQLAlchemy would give it (by position, processed)."""
+    def row(self, record: Any, make: Callable[[Iterable[Any]], R]) -> R:
+        """A returned row as SQLAlchemy would give it (by position, processed), made by
+        ``make`` from its values."""
         assert self._results is not None
         if not self._results:
-            return tuple(record)
+            return make(record)
         values = list(record)
         for index, processor in self._results:
             values[index] = processor(values[index])
-        return tuple(values)
+        return make(values)
 
 
 def drives(conn: AsyncConnection) -> bool:
@@ -119,10 +121,31 @@ def drives(conn: AsyncConnection) -> bool:
     )
 
 
+@overload
 async def fetch(
     conn: AsyncConnection, statement: DriverStatement, params: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
-    """Run ``statement`` on ``conn``'s driver connection (see :func:`drives`); its rows."""
+) -> list[tuple[Any, ...]]: ...
+
+
+@overload
+async def fetch(
+    conn: AsyncConnection,
+    statement: DriverStatement,
+    params: Mapping[str, Any],
+    *,
+    make: Callable[[Iterable[Any]], R],
+) -> list[R]: ...
+
+
+async def fetch(
+    conn: AsyncConnection,
+    statement: DriverStatement,
+    params: Mapping[str, Any],
+    *,
+    make: Callable[[Iterable[Any]], Any] = tuple,
+) -> list[Any]:
+    """Run ``statement`` on ``conn``'s driver connection (see :func:`drives`); its rows, as
+    tuples or made by ``make`` (such as a named tuple's ``_make``)."""
     sync = conn.sync_connection
     assert sync is not None
     pooled = sync.connection
@@ -150,7 +173,8 @@ async def fetch(
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
         raise
-    return [statement.row(record) for record in records]
+    row = statement.row
+    return [row(record, make) for record in records]
 
 
 async def _failure(

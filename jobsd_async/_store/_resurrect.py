@@ -68,7 +68,7 @@ def orphans_statement(
                     runs.c.run_started_at < dialect.add_seconds(now, literal(-own_grace)),
                 ),
             ),
-            schedule_computable(runs, schedules),
+            schedule_computable(store, schedules),
         )
         .order_by(runs.c.id)
         .limit(limit)

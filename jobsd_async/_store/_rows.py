@@ -130,11 +130,12 @@ def row_columns(runs: Table) -> list[Column[Any]]:
     return [runs.c[name] for name in RunRow._fields]
 
 
-def schedule_computable(runs: Table, registered: Collection[str]) -> ColumnElement[bool]:
+def schedule_computable(store: Store, registered: Collection[str]) -> ColumnElement[bool]:
     """Rows whose next tick this instance can compute: unscheduled, built-in, or registered here."""
+    runs = store.runs
     known: list[ColumnElement[bool]] = [runs.c.schedule.is_(None), runs.c.schedule.startswith(EVERY_PREFIX)]
     if cron_available():
         known.append(runs.c.schedule.startswith(CRON_PREFIX))
     if registered:
-        known.append(runs.c.schedule.in_(list(registered)))
+        known.append(store.dialect.among(runs.c.schedule, registered))
     return or_(*known)
