@@ -1,10 +1,9 @@
 """Runs created where they can run at once are inserted already claimed (SPEC §3.3, §3.4).
 
-On PostgreSQL and MariaDB, a run due now, created on an instance that registers its job
-and has a free worker slot, starts there without a claim: the insert itself records the
-start.  Slots still bound what runs; a run that finds no free slot is inserted pending, for
-any instance to claim.  (SQLite takes the claim path, which measured better there; the
-tests that hold on every path run on every backend.)
+Where the database returns inserted rows (PostgreSQL, MariaDB, SQLite), a run due now,
+created on an instance that registers its job and has a free worker slot, starts there
+without a claim: the insert itself records the start.  Slots still bound what runs; a run
+that finds no free slot is inserted pending, for any instance to claim.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs
+from conftest import MakeJobsD, eventually, fetch_runs
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -40,7 +39,7 @@ def claims_on(engine: AsyncEngine) -> Iterator[list[str]]:
 
 
 async def test_run_created_here_skips_the_claim_where_the_database_returns_inserted_rows(
-    make_jobsd: MakeJobsD, backend: str
+    make_jobsd: MakeJobsD,
 ) -> None:
     jd = make_jobsd(workers=2)
     seen: list[RunInfo] = []
@@ -56,13 +55,10 @@ async def test_run_created_here_skips_the_claim_where_the_database_returns_inser
     assert state.status is RunStatus.SUCCEEDED
     assert [(i.id, i.run_started_by, i.run_total_count) for i in seen] == [(run_id, jd.instance_id, 1)]
     assert seen[0].run_started_at >= seen[0].run_at
-    if backend != "sqlite":  # PostgreSQL, MariaDB (INSERT ... RETURNING)
-        assert claims == []
-    else:  # the claim path, which measured better there
-        assert len(claims) >= 1
+    assert claims == []
 
 
-async def test_runs_created_here_never_exceed_the_worker_slots(make_jobsd: MakeJobsD, backend: str) -> None:
+async def test_runs_created_here_never_exceed_the_worker_slots(make_jobsd: MakeJobsD) -> None:
     jd = make_jobsd(workers=2)
     release = asyncio.Event()
     running = 0
@@ -78,12 +74,11 @@ async def test_runs_created_here_never_exceed_the_worker_slots(make_jobsd: MakeJ
 
     async with jd:
         ids = await asyncio.gather(*(jd.create_run("hold").run() for _ in range(5)))
-        if backend != "sqlite":
-            rows = {row["id"]: row for row in await fetch_runs(jd)}
-            started = [i for i in ids if rows[i]["run_started_at"] is not None]
-            # Two took the free slots as they were inserted; three wait, pending, for a claim.
-            assert len(started) == 2
-            assert all(rows[i]["run_started_at"] is None for i in ids if i not in started)
+        rows = {row["id"]: row for row in await fetch_runs(jd)}
+        started = [i for i in ids if rows[i]["run_started_at"] is not None]
+        # Two took the free slots as they were inserted; three wait, pending, for a claim.
+        assert len(started) == 2
+        assert all(rows[i]["run_started_at"] is None for i in ids if i not in started)
         await eventually(lambda: running == 2, what="two runs holding both slots")
         release.set()
         states = [await jd.wait_for_run(i, timeout=10) for i in ids]
@@ -114,10 +109,9 @@ async def test_taken_unique_name_gives_its_slot_back(make_jobsd: MakeJobsD) -> N
     assert ran == ["first", "other"]
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
 async def test_direct_start_whose_caller_gives_up_still_runs(make_jobsd: MakeJobsD) -> None:
     # Elsewhere a cancelled creation rolls back, or commits and runs like any pending run;
-    # a direct start (PostgreSQL only) must not strand a row it inserted claimed, so it
+    # a direct start must not strand a row it inserted claimed, so it
     # shields the insert.
     jd = make_jobsd(workers=1)
     done = asyncio.Event()
@@ -143,7 +137,6 @@ async def test_direct_start_whose_caller_gives_up_still_runs(make_jobsd: MakeJob
     assert rows[0]["run_success_count"] == 1
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
 async def test_a_direct_start_landing_after_down_is_handed_back_not_run(
     make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
 ) -> None:

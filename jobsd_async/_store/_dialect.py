@@ -51,10 +51,9 @@ class Dialect:
         self.insert_returning = bool(engine.dialect.insert_returning)
         # Inserting a run already claimed by its creator (see Submitter) saves a claim
         # transaction per run.  Measured (benchmarks/peers.py): PostgreSQL +35% one-at-a-time;
-        # MariaDB create -> result p50 11.2 -> 7.0 ms, one-at-a-time +35%; SQLite mixed
-        # (p50 better, p99 and one-at-a-time worse): there the claim path stays.  MySQL 8
-        # has no INSERT ... RETURNING.
-        self.direct_start = self.name in ("postgresql", "mysql") and self.insert_returning
+        # MariaDB create -> result p50 11.2 -> 7.0 ms, one-at-a-time +35%; SQLite p50
+        # 8.9-9.5 -> 6.2 ms, one-at-a-time +35%.  MySQL 8 has no INSERT ... RETURNING.
+        self.direct_start = self.insert_returning
         self.flavor = flavor_of(engine.dialect)  # tells MariaDB from MySQL, once connected
         self._now: ColumnElement[datetime] | None = None
         # Reads and one-statement writes without BEGIN/COMMIT (PostgreSQL; see detect()).
