@@ -86,12 +86,15 @@ async def complete_many(
     its result is None and nothing is written for it.  A row whose chain ``cancel_run``
     flagged is closed as cancelled, whatever its closing says, with no follow-up.
     The rows whose ids are in ``finals`` (items without a follow-up) come back as closed,
-    in ``Completed.final``: on PostgreSQL from the same statement, elsewhere read in the
-    same transaction.
+    in ``Completed.final``: where an UPDATE returns what it changed, from the statement
+    that closed them; elsewhere (MySQL) read in the same transaction.
     """
     final: dict[int, RunRow] = {}
-    if store.dialect.is_postgresql:
+    dialect = store.dialect
+    if dialect.is_postgresql:
         closed, cancelled = await _close_in_one_statement(store, conn, items, final if finals else None)
+    elif dialect.update_returning:
+        closed, cancelled = await _close_returning(store, conn, items, final if finals else None)
     else:
         closed, cancelled = await _lock_then_close(store, conn, items)
     closing = [i for i in items if i.row.id in closed and i.row.id not in cancelled]
@@ -103,7 +106,7 @@ async def complete_many(
         new_ids = await insert_many(store, conn, rows)
         follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
     ended = [row_id for row_id in finals if row_id in closed and row_id not in follow_up_ids]
-    if ended and not store.dialect.is_postgresql:
+    if ended and not dialect.update_returning:
         final = await _read.rows_by_id(store, conn, ended)
     results: list[Completed | None] = []
     for item in items:
@@ -195,7 +198,7 @@ def _close_statement(store: Store, *, whole_rows: bool) -> Select[Any]:
         )
         .render_derived()
     )
-    flagged = runs.c.cancel_requested_at.is_not(None)
+    flagged = _flagged(store)
     closed = (
         update(runs)
         .where(
@@ -204,12 +207,13 @@ def _close_statement(store: Store, *, whole_rows: bool) -> Select[Any]:
             runs.c.run_started_by == batch.c.owner,
         )
         .values(
-            run_completed_at=store.dialect.now(),
-            run_completed_error=case((flagged, literal(CANCELLED_TEXT)), else_=batch.c.error),
-            run_completed_traceback=case((flagged, null()), else_=batch.c.traceback),
-            run_result=case((flagged, null()), else_=batch.c.result),
-            name_active=None,
-            run_success_count=runs.c.run_success_count + case((flagged, 0), else_=batch.c.success),
+            **_closing_values(
+                store,
+                error=batch.c.error,
+                result=batch.c.result,
+                traceback=batch.c.traceback,
+                success=batch.c.success,
+            )
         )
         .returning(
             *(row_columns(runs) if whole_rows else [runs.c.id]),
@@ -223,6 +227,91 @@ def _close_statement(store: Store, *, whole_rows: bool) -> Select[Any]:
     announced = select(func.pg_notify(literal(store.done_channel), run_ids)).select_from(closed)
     returned = [closed.c[name] for name in RunRow._fields] if whole_rows else [closed.c.id]
     return select(*returned, closed.c.cancelled, announced.scalar_subquery())
+
+
+async def _close_returning(
+    store: Store, conn: AsyncConnection, items: Sequence[Completion], rows: dict[int, RunRow] | None
+) -> tuple[set[int], set[int]]:
+    """SQLite: one UPDATE ... RETURNING per distinct closing and owner (most runs of a batch
+    end alike); returns (closed ids, cancelled ids), as :func:`_close_in_one_statement`.
+
+    No lock read first: ``BEGIN IMMEDIATE`` already excludes other writers, and each
+    UPDATE closes only the rows still open and held by the owner, saying which it closed.
+    """
+    alike: dict[tuple[Closing, int], list[int]] = {}
+    for item in items:
+        alike.setdefault((item.closing, item.owner_id), []).append(item.row.id)
+    whole = rows is not None
+    stmt = store.statement(("close returning", whole), lambda: _close_returning_statement(store, whole))
+    closed: set[int] = set()
+    cancelled: set[int] = set()
+    for (how, owner), ids in alike.items():
+        params = {
+            "ids": ids,
+            "owner": owner,
+            "error": how.error,
+            "result": how.result,
+            "traceback": how.traceback,
+            "success": int(how.success),
+        }
+        for returned in await conn.execute(stmt, params):
+            row_id = returned.id
+            closed.add(row_id)
+            if returned.cancel_requested_at is not None:
+                cancelled.add(row_id)
+            if rows is not None:
+                rows[row_id] = RunRow._make(returned)
+    return closed, cancelled
+
+
+def _close_returning_statement(store: Store, whole_rows: bool) -> Executable:
+    runs = store.runs
+    return (
+        update(runs)
+        .where(
+            runs.c.id.in_(bindparam("ids", expanding=True)),
+            runs.c.run_completed_at.is_(None),
+            runs.c.run_started_by == bindparam("owner", type_=BigInteger),
+        )
+        .values(
+            **_closing_values(
+                store,
+                error=bindparam("error", type_=Text),
+                result=bindparam("result", type_=Text),
+                traceback=bindparam("traceback", type_=Text),
+                success=bindparam("success", type_=Integer),
+            )
+        )
+        # The flag as stored, tested here: SQLite 3.40 evaluates "column IS NOT NULL" in
+        # RETURNING as true on this table whatever the column holds.
+        .returning(*(row_columns(runs) if whole_rows else [runs.c.id, runs.c.cancel_requested_at]))
+    )
+
+
+def _flagged(store: Store) -> ColumnElement[bool]:
+    """Rows whose chain ``cancel_run`` flagged."""
+    return store.runs.c.cancel_requested_at.is_not(None)
+
+
+def _closing_values(
+    store: Store,
+    *,
+    error: ColumnElement[Any],
+    result: ColumnElement[Any],
+    traceback: ColumnElement[Any],
+    success: ColumnElement[Any],
+) -> dict[str, Any]:
+    """What closing a row sets, given the closing's values: a row whose chain was flagged
+    is closed as cancelled, whatever its closing says."""
+    runs, flagged = store.runs, _flagged(store)
+    return {
+        "run_completed_at": store.dialect.now(),
+        "run_completed_error": case((flagged, literal(CANCELLED_TEXT)), else_=error),
+        "run_completed_traceback": case((flagged, null()), else_=traceback),
+        "run_result": case((flagged, null()), else_=result),
+        "name_active": None,
+        "run_success_count": runs.c.run_success_count + case((flagged, 0), else_=success),
+    }
 
 
 async def _lock_then_close(
