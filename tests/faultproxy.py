@@ -20,6 +20,8 @@ class FaultProxy:
         self._flowing.set()
         self._losing: tuple[bytes, asyncio.Event, asyncio.Event | None] | None = None
         self._losing_request: tuple[bytes, asyncio.Event] | None = None
+        self._after: bytes | None = None
+        self._armed: set[asyncio.StreamWriter] = set()  # upstream ends that sent ``_after``
         self.port = 0
 
     async def start(self) -> None:
@@ -67,17 +69,24 @@ class FaultProxy:
             self._flowing.set()
 
     @contextlib.contextmanager
-    def losing_answer(self, marker: bytes, *, hold: asyncio.Event | None = None) -> Iterator[asyncio.Event]:
+    def losing_answer(
+        self, marker: bytes, *, hold: asyncio.Event | None = None, after: bytes | None = None
+    ) -> Iterator[asyncio.Event]:
         """While inside: the first answer from the server that contains ``marker`` is thrown
         away and its connection dropped (the statement was carried out, the client never
         hears of it); the event is set once that answer arrived.  With ``hold``, the
-        connection is dropped only once ``hold`` is set (the loss is noticed late)."""
+        connection is dropped only once ``hold`` is set (the loss is noticed late).  With
+        ``after``, only an answer on a connection that has sent a request containing
+        ``after`` (the text of the statement to lose, sent when it is prepared) counts."""
         lost = asyncio.Event()
         self._losing = (marker, lost, hold)
+        self._after = after
+        self._armed.clear()
         try:
             yield lost
         finally:
             self._losing = None
+            self._after = None
 
     @contextlib.contextmanager
     def losing_request(self, marker: bytes) -> Iterator[asyncio.Event]:
@@ -130,7 +139,14 @@ class FaultProxy:
                     request[1].set()
                     requests_from.transport.abort()
                     break
-                if answers_to is not None and self._losing is not None and self._losing[0] in data:
+                if requests_from is not None and self._after is not None and self._after in data:
+                    self._armed.add(writer)
+                if (
+                    answers_to is not None
+                    and self._losing is not None
+                    and self._losing[0] in data
+                    and (self._after is None or answers_to in self._armed)
+                ):
                     _, lost, hold = self._losing
                     self._losing = None
                     lost.set()

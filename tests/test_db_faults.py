@@ -218,8 +218,9 @@ async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
         )
         worker.register_job("work", recording(ran))
         async with worker, producer:
-            # The producer's only INSERT from here on is the run's.
-            with proxy.losing_answer(b"INSERT 0 1") as lost:
+            # The insert announces the run in the same statement (a SELECT of the inserted
+            # id and pg_notify): the first one-row answer after its text was sent.
+            with proxy.losing_answer(b"SELECT 1", after=b"pg_notify") as lost:
                 run_id = await create.create_run("created-for-others").run()
             assert lost.is_set(), "no answer was lost; the test proved nothing"
             state = await worker.wait_for_run(run_id, timeout=30)

@@ -12,12 +12,14 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Float,
+    Select,
     Table,
     bindparam,
     case,
     exists,
     func,
     insert,
+    literal,
     null,
     select,
 )
@@ -233,17 +235,17 @@ async def _insert_if_name_free(
     stmt = store.statement(
         ("insert first", shape, whole_row),
         lambda: (
-            _first_row_statement(store, expressions, whole_row=whole_row)
+            _first_row_statement(store, expressions, params, whole_row=whole_row)
             if LANDED_SINCE not in values
             else _first_row_again_statement(store, expressions, params)
         ),
     )
     row: Mapping[Any, Any] | None
-    if whole_row and LANDED_SINCE not in values and _driver.drives(conn):
-        # A run started here: its insert is the hot one (see _driver).
+    if LANDED_SINCE not in values and _driver.drives(conn):
+        # A run's insert is one of the two statements of its life here (see _driver).
         driven = store.statement(
-            ("insert first on the driver", shape),
-            lambda: _driver.DriverStatement(stmt, list(store.runs.c), conn.dialect, list(params)),
+            ("insert first on the driver", shape, whole_row),
+            lambda: _driver.DriverStatement(stmt, _returned(store, stmt), conn.dialect, list(params)),
         )
         found = await _driver.fetch(conn, driven, params)
         row = dict(zip(driven.keys, found[0], strict=True)) if found else None
@@ -264,9 +266,19 @@ async def _insert_if_name_free(
             if dialect.is_unique_violation(exc):
                 return None
             raise
-    if row is not None and not whole_row:
+    if row is not None and not whole_row and not _announces(store, values):
         await notify_new(store, conn)
     return row
+
+
+def _announces(store: Store, values: Mapping[str, Any]) -> bool:
+    """Whether the statement inserting a pending first row announces it itself."""
+    return store.dialect.is_postgresql and LANDED_SINCE not in values
+
+
+def _returned(store: Store, stmt: Executable) -> list[ColumnElement[Any]]:
+    """The columns a first row's statement returns."""
+    return list(stmt.selected_columns) if isinstance(stmt, Select) else list(store.runs.c)
 
 
 def _shape(store: Store, row: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -277,11 +289,28 @@ def _shape(store: Store, row: dict[str, Any]) -> tuple[tuple[str, ...], tuple[st
     return expressions, tuple(sorted(k for k in row if k not in columns))
 
 
-def _first_row_statement(store: Store, expressions: dict[str, Any], *, whole_row: bool) -> Executable:
-    """INSERT of a first row that does nothing when its unique name is active."""
+def _first_row_statement(
+    store: Store, expressions: dict[str, Any], params: dict[str, Any], *, whole_row: bool
+) -> Executable:
+    """INSERT of a first row that does nothing when its unique name is active (the row's
+    other values are the parameters ``params`` names)."""
     runs = store.runs
     dialect = store.dialect
     stmt: Any
+    if dialect.is_postgresql and dialect.insert_returning and not whole_row:
+        # The row is announced by the same statement, delivered when it commits: a run
+        # inserted pending for other instances costs one round trip, not two.  (Inside a
+        # WITH, the values are bound by name: SQLAlchemy would bind them anonymously.)
+        bound = {k: bindparam(k, type_=runs.c[k].type) for k in params if k in runs.c}
+        inserted = (
+            postgresql.insert(runs)
+            .values(**expressions, **bound)
+            .on_conflict_do_nothing(index_elements=[runs.c.name_active], index_where=_named(runs))
+            .returning(runs.c.id)
+            .cte("inserted")
+        )
+        announced = func.pg_notify(literal(store.new_channel), literal(""))
+        return select(inserted.c.id, announced).select_from(inserted)
     if dialect.is_postgresql or dialect.is_sqlite:
         upsert = postgresql.insert(runs) if dialect.is_postgresql else sqlite.insert(runs)
         stmt = upsert.values(**expressions).on_conflict_do_nothing(
