@@ -2,6 +2,7 @@
 
     python benchmarks/profile_burn.py [--runs 20000] [--rounds 3] [--top 30]
                                       [--output report.txt] [--stats burn.prof] [--no-profile]
+                                      [--freeze]
 
 Runs with the project's venv; ``jobsd_async`` is imported from the checkout this script lives
 in (its root goes first on ``sys.path``), and the path and commit are printed.
@@ -21,6 +22,11 @@ shutdown is outside it. Per round:
 - the PostgreSQL server's CPU per run: utime + stime of every ``postgres`` process on this
   host (``/proc``) over the window. It counts whatever else the server does meanwhile, so it
   is only meaningful on an otherwise idle server.
+
+With ``--freeze`` the heap built so far (interpreter, SQLAlchemy, the driver, the script) is
+taken out of the garbage collector's sight before each round (``gc.freeze()``), as the ``jobsd
+worker`` command does once its instance is up; without it the figures are those of an instance
+embedded in an application that does not.
 
 The rounds' median is the figure to compare before/after (the machine is noisy: take it on an
 idle machine, and compare runs taken the same way).
@@ -112,7 +118,13 @@ def server_cpu() -> float | None:
 
 
 async def burn(
-    dsn_admin: str, runs: int, workers: int, timeout: float, profiler: cProfile.Profile | None
+    dsn_admin: str,
+    runs: int,
+    workers: int,
+    timeout: float,
+    profiler: cProfile.Profile | None,
+    *,
+    freeze: bool = False,
 ) -> Round:
     import asyncpg
 
@@ -123,6 +135,8 @@ async def burn(
             await jobsd_enqueue(engine, runs)
             jd, _ = jobsd_instance(engine, workers=workers)
             gc.collect()
+            if freeze:  # as ``jobsd worker`` does once up: the heap so far leaves full collections
+                gc.freeze()
             server_before = server_cpu()
             deadline = time.perf_counter() + timeout
             if profiler is not None:
@@ -143,6 +157,7 @@ async def burn(
         finally:
             if profiler is not None:
                 profiler.disable()
+            gc.unfreeze()
             await engine.dispose()
             await poll.close()
 
@@ -240,6 +255,11 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile round")
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="gc.freeze() the heap before each round, as `jobsd worker` does once up",
+    )
     parser.add_argument("--output", type=Path, help="also write the report here")
     parser.add_argument("--stats", type=Path, help="write the raw cProfile stats here")
     parser.add_argument("--timeout", type=float, default=300)
@@ -256,10 +276,11 @@ async def main() -> None:
     dirty = " (jobsd_async/ modified)" if git("status", "--porcelain", "--", "jobsd_async") else ""
     say(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     say(f"jobsd_async from {Path(jobsd_async.__file__).parent} at {git('rev-parse', 'HEAD')}{dirty}")
-    say(f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, PostgreSQL")
+    frozen = ", heap frozen as by jobsd worker" if args.freeze else ""
+    say(f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, PostgreSQL{frozen}")
     rounds: list[Round] = []
     for index in range(args.rounds):
-        r = await burn(args.dsn, args.runs, args.workers, args.timeout, None)
+        r = await burn(args.dsn, args.runs, args.workers, args.timeout, None, freeze=args.freeze)
         rounds.append(r)
         server = f"{r.server_us_per_run:.0f}" if r.server_us_per_run is not None else "?"
         say(
@@ -273,7 +294,7 @@ async def main() -> None:
         say(f"Python CPU per run: median {median:.1f} us (rounds {low:.1f}-{high:.1f})")
     if not args.no_profile:
         profiler = cProfile.Profile()
-        r = await burn(args.dsn, args.runs, args.workers, args.timeout, profiler)
+        r = await burn(args.dsn, args.runs, args.workers, args.timeout, profiler, freeze=args.freeze)
         say(f"profiled round: Python CPU {r.cpu_us_per_run:.1f} us/run under cProfile")
         if args.stats:
             profiler.dump_stats(args.stats)

@@ -7,6 +7,7 @@ and ``CLI_APP_SHUTDOWN_TIMEOUT`` sets how long a shutdown lets jobs finish.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -42,3 +43,9 @@ async def echo(value: str) -> str:
 @jd.job("fail", retries_error_limit=0)
 async def fail() -> None:
     raise ValueError("fails on purpose")
+
+
+@jd.job("frozen")
+async def frozen() -> int:
+    """How many objects the worker took out of the garbage collector's sight."""
+    return gc.get_freeze_count()

@@ -71,6 +71,7 @@ async def peer(engine: AsyncEngine, table_prefix: str) -> AsyncIterator[JobsD]:
     jd.register_job("long", lambda seconds: "peer")
     jd.register_job("echo", lambda value: value)
     jd.register_job("fail", lambda: None, retries_error_limit=0)
+    jd.register_job("frozen", lambda: 0)
     await jd.up()
     try:
         yield jd
@@ -119,6 +120,20 @@ async def test_sigterm_hands_a_long_job_over_without_using_a_retry_and_exits_0(
     assert rows[1]["retries_on_error_count"] == rows[1]["retries_on_timeout_count"] == 0
     assert owner is not None
     assert (await instance_row(engine, table_prefix, owner))["shutdown_at"] is not None
+
+
+async def test_the_worker_freezes_its_start_up_heap(jobsd: Jobsd, peer: JobsD) -> None:
+    # Once up (its banner printed), the worker's start-up objects are out of the garbage
+    # collector's full collections.
+    worker = await started_worker(jobsd)
+    try:
+        run_id = await peer.create_run("frozen").run()
+        state = await peer.wait_for_run(run_id, timeout=30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(worker.wait(), 30) == 0
+    assert state.status is RunStatus.SUCCEEDED
+    assert state.result > 10_000  # the interpreter, SQLAlchemy, the driver, the app
 
 
 async def test_a_second_signal_skips_the_wait(jobsd: Jobsd, peer: JobsD) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -120,10 +121,27 @@ async def _work(
         changes.update(_fitted(jd, grace_period))
     if changes:
         jd._reconfigure(**changes)
+
+    def on_up(up: JobsD) -> None:
+        _settle_heap()
+        _announce(up, grace_period)
+
     try:
-        await run_worker(jd, burst=burst, on_up=lambda up: _announce(up, grace_period))
+        await run_worker(jd, burst=burst, on_up=on_up)
     finally:
         await jd.engine.dispose()
+
+
+def _settle_heap() -> None:
+    """Take what start-up built (the app, its modules, the engine and its compiled statements)
+    out of the garbage collector's sight, once the instance is up.
+
+    A full collection otherwise walks that whole heap again and again while runs are being
+    worked: measured on the burn-down, 165-190 ms of every 20,000 runs (8-9 us per run),
+    against 12 ms once frozen.  What start-up left as garbage is collected first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _fitted(jd: JobsD, grace_period: float) -> dict[str, float]:
