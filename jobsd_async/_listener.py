@@ -4,7 +4,9 @@ Every insert of runs notifies ``{prefix}new`` (on commit), and listening instanc
 claim at once; ``cancel_run`` notifies ``{prefix}cancel`` with ``owner:row``; each batch of
 completions notifies ``{prefix}done`` with the run ids it touched, which wakes their
 ``wait_for_run`` callers.  All are shortcuts only: the poller, the heartbeat's cancel check
-and the waiters' own re-checks remain.
+and the waiters' own re-checks remain.  Each time a channel is listened to again (after a
+lost connection), its members are called once with an empty payload, for whatever was
+announced while nobody listened.
 
 All instances of a process (on one event loop) that listen to the same database share one
 connection: each :meth:`Listener.join` adds its callbacks, and the connection closes when
@@ -108,6 +110,10 @@ class Listener:
                     await self._drop()
                     raise ConnectionError(f"LISTEN failed: {exc}") from exc
                 self._listening.add(channel)
+                # What was announced on it while nobody here listened (the connection was
+                # lost, or not there yet) is gone: its members look again now, as for an
+                # announcement that names nothing in particular.
+                self._dispatch(None, 0, channel, "")
 
     async def _connect(self) -> None:
         conn = await self._engine.connect()

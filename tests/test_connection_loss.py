@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD, RunInfo, RunState, RunStatus, StoreError
+from jobsd_async._listener import Listener
 
 SERVERS = [b for b in BACKENDS if b != "sqlite"]
 POSTGRES = [b for b in BACKENDS if b == "postgresql"]
@@ -296,6 +297,55 @@ async def test_listener_killed_comes_back(
             assert len(ran) == 3
             await beating_after(engine, [worker, producer], table_prefix, killed_at)
             assert not logged_errors(errors), logged_errors(errors)
+    finally:
+        try:
+            await dispose(own)
+        finally:
+            await drop_tables(engine, worker)
+
+
+@pytest.mark.parametrize("backend", POSTGRES)
+async def test_a_run_announced_while_nobody_listens_starts_once_listening_again(
+    backend: str,
+    database_url: str,
+    engine: AsyncEngine,
+    table_prefix: str,
+    killer: ServerConnections,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker polls every 30 s.  Its LISTEN connection is killed and its reconnection
+    # held back while another instance creates a run: that announcement reaches nobody.
+    # Listening again, the worker looks for due runs at once, not at its next poll.
+    own = create_async_engine(database_url)
+    killer.instrument(own)
+    ran: list[int] = []
+
+    async def remote(info: RunInfo) -> None:
+        ran.append(info.id)
+
+    worker = JobsD(own, table_prefix=table_prefix, poll_interval=SLOW_POLL, **FAST)
+    worker.register_job("remote", remote)
+    producer = JobsD(own, table_prefix=table_prefix, workers=0, poll_interval=SLOW_POLL, **FAST)
+    remote_job = producer.register_job("remote", remote)
+    reconnecting, reconnect = asyncio.Event(), asyncio.Event()
+    connect = Listener._connect
+
+    async def held(listener: Listener) -> None:
+        reconnecting.set()
+        await reconnect.wait()
+        await connect(listener)
+
+    try:
+        async with worker, producer:
+            (before,) = await killer.listeners()
+            monkeypatch.setattr(Listener, "_connect", held)
+            assert await killer.kill(only={before}) == 1
+            await asyncio.wait_for(reconnecting.wait(), 4 * HEARTBEAT + 2)
+            run_id = await create(remote_job)  # announced to nobody
+            reconnect.set()
+            state = await finished(producer, run_id, timeout=10)
+        assert state.status is RunStatus.SUCCEEDED
+        assert ran == [run_id]
     finally:
         try:
             await dispose(own)
