@@ -55,6 +55,7 @@ class Listener:
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
         self._listening: set[str] = set()
+        self._listened: set[str] = set()  # channels listened to on this or an earlier connection
         self._lock = asyncio.Lock()
         self._failures = 0  # connection attempts refused in a row
         self._retry_at = 0.0
@@ -103,17 +104,21 @@ class Listener:
                     raise
                 self._failures = 0
             driver = self._driver
-            for channel in [c for c, on in self._callbacks.items() if on and c not in self._listening]:
+            added = [c for c, on in self._callbacks.items() if on and c not in self._listening]
+            for channel in added:
                 try:
                     await driver.add_listener(channel, self._dispatch)
                 except Exception as exc:  # the driver's own errors: the connection was lost
                     await self._drop()
                     raise ConnectionError(f"LISTEN failed: {exc}") from exc
                 self._listening.add(channel)
-                # What was announced on it while nobody here listened (the connection was
-                # lost, or not there yet) is gone: its members look again now, as for an
-                # announcement that names nothing in particular.
-                self._dispatch(None, 0, channel, "")
+            again = [c for c in added if c in self._listened]
+            self._listened.update(added)
+        # Listening again after a lost connection: what was announced meanwhile reached
+        # nobody here, so the members look again now, as for an announcement that names
+        # nothing in particular.  (The first time, they have just looked: they started.)
+        for channel in again:
+            self._dispatch(None, 0, channel, "")
 
     async def _connect(self) -> None:
         conn = await self._engine.connect()

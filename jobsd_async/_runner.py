@@ -279,7 +279,10 @@ class Runner:
         # Not the waiters of runs whose attempt runs here: this instance's own completion of
         # it wakes them, with the row, and its announcement may arrive first.  (Were it
         # finished elsewhere, their re-checks notice it.)
-        waiters.notify(run_id for run_id in _run_ids(payload) if not self.runs_here(run_id))
+        if payload:
+            waiters.notify(run_id for run_id in _run_ids(payload) if not self.runs_here(run_id))
+        else:  # listening again: what finished meanwhile was announced to nobody
+            waiters.notify_all()
         self.dispatcher.runs_finished()
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import MakeJobsD, eventually, fetch_runs
+from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -137,6 +137,7 @@ async def test_direct_start_whose_caller_gives_up_still_runs(make_jobsd: MakeJob
     assert rows[0]["run_success_count"] == 1
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "sqlite"])
 async def test_a_direct_start_landing_after_down_is_handed_back_not_run(
     make_jobsd: MakeJobsD, monkeypatch: pytest.MonkeyPatch
 ) -> None:

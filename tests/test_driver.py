@@ -56,9 +56,9 @@ async def test_a_run_started_here_gets_the_row_as_stored(make_jobsd: MakeJobsD) 
     driven: list[str] = []
     fetch = _driver.fetch
 
-    async def fetching(conn: AsyncConnection, statement: _driver.DriverStatement, params: Any) -> Any:
+    async def fetching(conn: AsyncConnection, statement: Any, params: Any, **kw: Any) -> Any:
         driven.append(statement.sql.split()[0])
-        return await fetch(conn, statement, params)
+        return await fetch(conn, statement, params, **kw)
 
     async with jd:
         with pytest.MonkeyPatch.context() as patch:

@@ -91,9 +91,10 @@ async def complete_many(
     """
     final: dict[int, RunRow] = {}
     dialect = store.dialect
+    returning = dialect.is_postgresql or (dialect.is_sqlite and dialect.update_returning)
     if dialect.is_postgresql:
         closed, cancelled = await _close_in_one_statement(store, conn, items, final if finals else None)
-    elif dialect.update_returning:
+    elif returning:
         closed, cancelled = await _close_returning(store, conn, items, final if finals else None)
     else:
         closed, cancelled = await _lock_then_close(store, conn, items)
@@ -106,7 +107,7 @@ async def complete_many(
         new_ids = await insert_many(store, conn, rows)
         follow_up_ids = {i.row.id: new_id for i, new_id in zip(following, new_ids, strict=True)}
     ended = [row_id for row_id in finals if row_id in closed and row_id not in follow_up_ids]
-    if ended and not dialect.update_returning:
+    if ended and not returning:
         final = await _read.rows_by_id(store, conn, ended)
     results: list[Completed | None] = []
     for item in items:

@@ -233,7 +233,7 @@ async def _insert_if_name_free(
     returning = dialect.insert_returning
     shape = _shape(store, values)
     stmt = store.statement(
-        ("insert first", shape, whole_row),
+        ("insert first", shape, whole_row, tuple(params)),
         lambda: (
             _first_row_statement(store, expressions, params, whole_row=whole_row)
             if LANDED_SINCE not in values
@@ -244,7 +244,7 @@ async def _insert_if_name_free(
     if LANDED_SINCE not in values and _driver.drives(conn):
         # A run's insert is one of the two statements of its life here (see _driver).
         driven = store.statement(
-            ("insert first on the driver", shape, whole_row),
+            ("insert first on the driver", shape, whole_row, tuple(params)),
             lambda: _driver.DriverStatement(stmt, _returned(store, stmt), conn.dialect, list(params)),
         )
         found = await _driver.fetch(conn, driven, params)

@@ -137,8 +137,8 @@ def _settle_heap() -> None:
     out of the garbage collector's sight, once the instance is up.
 
     A full collection otherwise walks that whole heap again and again while runs are being
-    worked: measured on the burn-down, 165-190 ms of every 20,000 runs (8-9 us per run),
-    against 12 ms once frozen.  What start-up left as garbage is collected first.
+    worked: measured on the burn-down, 162-169 ms of every 20,000 runs (8 us per run),
+    against 8.5-9.9 ms once frozen.  What start-up left as garbage is collected first.
     """
     gc.collect()
     gc.freeze()
