@@ -247,15 +247,7 @@ async def _close_returning(
     closed: set[int] = set()
     cancelled: set[int] = set()
     for (how, owner), ids in alike.items():
-        params = {
-            "ids": ids,
-            "owner": owner,
-            "error": how.error,
-            "result": how.result,
-            "traceback": how.traceback,
-            "success": int(how.success),
-        }
-        for returned in await conn.execute(stmt, params):
+        for returned in await conn.execute(stmt, {**_closing_params(how, ids), "owner": owner}):
             row_id = returned.id
             closed.add(row_id)
             if returned.cancel_requested_at is not None:
@@ -287,6 +279,17 @@ def _close_returning_statement(store: Store, whole_rows: bool) -> Executable:
         # RETURNING as true on this table whatever the column holds.
         .returning(*(row_columns(runs) if whole_rows else [runs.c.id, runs.c.cancel_requested_at]))
     )
+
+
+def _closing_params(how: Closing, ids: list[int]) -> dict[str, Any]:
+    """The parameters of a statement closing the rows ``ids`` alike, as ``how`` says."""
+    return {
+        "ids": ids,
+        "error": how.error,
+        "result": how.result,
+        "traceback": how.traceback,
+        "success": int(how.success),
+    }
 
 
 def _flagged(store: Store) -> ColumnElement[bool]:
@@ -340,14 +343,7 @@ async def _lock_then_close(
     if alike:
         stmt = store.statement("close alike", lambda: _close_alike_statement(store))
         for how, ids in alike.items():
-            params = {
-                "ids": ids,
-                "error": how.error,
-                "result": how.result,
-                "traceback": how.traceback,
-                "success": int(how.success),
-            }
-            await conn.execute(stmt, params)
+            await conn.execute(stmt, _closing_params(how, ids))
     if cancelled:
         now = store.dialect.now()
         await conn.execute(

@@ -232,8 +232,9 @@ async def _insert_if_name_free(
     params = {k: v for k, v in values.items() if k not in expressions}
     returning = dialect.insert_returning
     shape = _shape(store, values)
+    keys = tuple(params)  # the columns it binds (the same for every call of a shape today)
     stmt = store.statement(
-        ("insert first", shape, whole_row, tuple(params)),
+        ("insert first", shape, whole_row, keys),
         lambda: (
             _first_row_statement(store, expressions, params, whole_row=whole_row)
             if LANDED_SINCE not in values
@@ -244,7 +245,7 @@ async def _insert_if_name_free(
     if LANDED_SINCE not in values and _driver.drives(conn):
         # A run's insert is one of the two statements of its life here (see _driver).
         driven = store.statement(
-            ("insert first on the driver", shape, whole_row, tuple(params)),
+            ("insert first on the driver", shape, whole_row, keys),
             lambda: _driver.DriverStatement(stmt, _returned(store, stmt), conn.dialect, list(params)),
         )
         found = await _driver.fetch(conn, driven, params)
