@@ -322,6 +322,39 @@ async def test_the_beat_takes_a_connection_coming_back_rather_than_waiting_on_an
         await small.dispose()
 
 
+@pytest.mark.parametrize("backend", SERVERS)
+async def test_work_takes_a_connection_coming_back_rather_than_waiting_on_an_empty_pool(
+    backend: str, database_url: str
+) -> None:
+    """As the beat above, for ordinary work (a completion, a claim): the instance's one
+    connection is busy with a slow statement and the application holds the rest of the
+    engine's pool.  The next statement takes the instance's connection when it comes back;
+    it may not wait ``pool_timeout`` for the pool (found by the ten-instance cluster tests
+    on a pool of 30, where a completion waited the 30 s of the default)."""
+    small = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=5)
+    conns = _connections.Connections(small, 3, logger=logging.getLogger("jobsd_async"))
+    sleep = "SELECT pg_sleep(0.3)" if backend == "postgresql" else "SELECT SLEEP(0.3)"
+    busy = asyncio.Event()
+
+    async def slow_work() -> None:
+        async with conns.lease() as conn:
+            busy.set()
+            await conn.exec_driver_sql(sleep)
+
+    try:
+        async with small.connect() as app:  # the application holds the pool's other connection
+            await app.exec_driver_sql("SELECT 1")
+            work = asyncio.create_task(slow_work())
+            await busy.wait()
+            async with asyncio.timeout(4), conns.lease() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            assert conns.opened == 1  # served by the connection that came back
+            await work
+    finally:
+        await conns.close()
+        await small.dispose()
+
+
 @pytest.mark.parametrize("backend", POSTGRES)
 async def test_a_listener_reconnecting_into_a_black_hole_does_not_stop_the_beats(
     database_url: str, engine: AsyncEngine, table_prefix: str

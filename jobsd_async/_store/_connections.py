@@ -147,18 +147,11 @@ class Connections:
             may_grow = below and time.monotonic() >= self._retry_at
             # Patient work first waits a while for one in use; then it may open one ahead of
             # those queued behind it (a new connection serves whoever is next).
-            if may_grow and urgent and self._open > 0:
-                return await self._grow_urgently()
-            if may_grow and (self._open == 0 or not patient):
-                self._count(urgent)  # before the await: the limit holds meanwhile
-                try:
-                    return await self._connect()
-                except BaseException as exc:
-                    if not urgent:
-                        self._leased_ordinary -= 1
-                    if isinstance(exc, Exception) and self._open > 0:
-                        continue  # refused: wait for one of ours (and try again after the delay)
-                    raise
+            if may_grow and (urgent or self._open == 0 or not patient):
+                grown = await self._grow(urgent)
+                if grown is not None:
+                    return grown
+                continue  # refused: wait for one of ours (and try again after the delay)
             waiter = self._enqueue(urgent)
             try:
                 if may_grow:
@@ -183,6 +176,10 @@ class Connections:
         if not urgent:
             self._leased_ordinary += 1
 
+    def _uncount(self, urgent: bool) -> None:
+        if not urgent:
+            self._leased_ordinary -= 1
+
     def _enqueue(self, urgent: bool) -> _Waiter:
         """A place in line: the urgent at the front, the others at the back."""
         waiter = _Waiter(urgent)
@@ -204,63 +201,44 @@ class Connections:
                 self._leased_ordinary -= 1
             self._give_back(given)
 
-    async def _connect(self) -> AsyncConnection:
-        self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
-        try:
-            conn = await self._open_one()
-        except BaseException as exc:
-            self._not_opened(exc)
-            raise
-        self._opened()
-        return conn
+    async def _grow(self, urgent: bool) -> AsyncConnection | None:
+        """Open a connection, or take one of ours that comes back first (counted either
+        way); None if the server refused it while the instance holds others.
 
-    async def _grow_urgently(self) -> AsyncConnection:
-        """Open a connection for urgent work, or take one of ours coming back first.
-
-        A checkout from a pool that running jobs emptied may wait ``pool_timeout``; the
-        beat must not wait that long for a connection the instance gets back meanwhile.
+        A checkout from a pool that others emptied (the application's requests, running
+        jobs) waits up to ``pool_timeout``, 30 s by default: no work may wait that long for
+        a connection the instance gets back in moments.
         """
-        self._open += 1
+        self._count(urgent)  # before the awaits: the limit holds meanwhile
+        self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
         opening = asyncio.get_running_loop().create_task(self._open_one())
         while True:
-            waiter = self._enqueue(True)
+            waiter = self._enqueue(urgent)
             try:
                 either: list[asyncio.Future[Any]] = [waiter.future, opening]
                 await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             except BaseException:
                 opening.add_done_callback(self._adopt)
                 self._pass_on(waiter)
+                self._uncount(urgent)
                 raise
             finally:
                 self._dequeue(waiter)
             if (given := waiter.handed()) is not None:
                 opening.add_done_callback(self._adopt)  # kept idle, or dropped, when it ends
+                self._uncount(urgent)  # the hand-over counted it again
                 return given
             if opening.done():
                 try:
                     conn = opening.result()
                 except BaseException as exc:
                     self._not_opened(exc)
-                    # Refused: wait for one of ours instead (we hold at least one).
-                    return await self._wait_for_one()
+                    self._uncount(urgent)
+                    if isinstance(exc, Exception) and self._open > 0:
+                        return None
+                    raise
                 self._opened()
                 return conn
-
-    async def _wait_for_one(self) -> AsyncConnection:
-        """An urgent lease waiting only for one of the instance's connections."""
-        while True:
-            waiter = self._enqueue(True)
-            try:
-                given = await waiter.future
-            except BaseException:
-                self._pass_on(waiter)
-                raise
-            finally:
-                self._dequeue(waiter)
-            if given is not None:
-                return given
-            if self._closed or self._open == 0:
-                raise ConnectionRefused(f"the database refused a new connection ({self._refused})")
 
     def _adopt(self, opening: asyncio.Task[AsyncConnection]) -> None:
         """A connection opened for a lease that no longer needs it: keep it idle."""
