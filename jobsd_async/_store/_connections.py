@@ -180,9 +180,12 @@ class Connections:
         if not urgent:
             self._leased_ordinary -= 1
 
-    def _enqueue(self, urgent: bool) -> _Waiter:
-        """A place in line: the urgent at the front, the others at the back."""
-        waiter = _Waiter(urgent)
+    def _enqueue(self, urgent: bool, *, counted: bool = False) -> _Waiter:
+        """A place in line: the urgent at the front, the others at the back.
+
+        ``counted``: ordinary work whose lease is counted already (while it opens one).
+        """
+        waiter = _Waiter(urgent, counted)
         if urgent:
             self._waiters.appendleft(waiter)
         else:
@@ -197,8 +200,8 @@ class Connections:
         """A waiter cancelled just after a hand-over passes the connection on."""
         given = waiter.handed()
         if given is not None:
-            if not waiter.urgent:
-                self._leased_ordinary -= 1
+            if not waiter.counted:
+                self._uncount(waiter.urgent)
             self._give_back(given)
 
     async def _grow(self, urgent: bool) -> AsyncConnection | None:
@@ -213,7 +216,8 @@ class Connections:
         self._open += 1  # counted while it opens: nobody else may exceed the limit meanwhile
         opening = asyncio.get_running_loop().create_task(self._open_one())
         while True:
-            waiter = self._enqueue(urgent)
+            # Counted already: the connection the heartbeat gives back may come to it too.
+            waiter = self._enqueue(urgent, counted=not urgent)
             try:
                 either: list[asyncio.Future[Any]] = [waiter.future, opening]
                 await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
@@ -221,12 +225,12 @@ class Connections:
                 opening.add_done_callback(self._adopt)
                 self._pass_on(waiter)
                 self._uncount(urgent)
+                self._wake()  # a lease less: others held at the limit may go
                 raise
             finally:
                 self._dequeue(waiter)
             if (given := waiter.handed()) is not None:
                 opening.add_done_callback(self._adopt)  # kept idle, or dropped, when it ends
-                self._uncount(urgent)  # the hand-over counted it again
                 return given
             if opening.done():
                 try:
@@ -325,8 +329,9 @@ class Connections:
         for waiter in self._waiters:
             if waiter.future.done():
                 continue
-            if waiter.urgent or self._leased_ordinary < self._ordinary_limit:
-                self._count(waiter.urgent)
+            if waiter.urgent or waiter.counted or self._leased_ordinary < self._ordinary_limit:
+                if not waiter.counted:
+                    self._count(waiter.urgent)
                 waiter.future.set_result(conn)
                 self._waiters.remove(waiter)
                 return
@@ -349,10 +354,11 @@ class Connections:
 
 
 class _Waiter:
-    __slots__ = ("future", "urgent")
+    __slots__ = ("counted", "future", "urgent")
 
-    def __init__(self, urgent: bool) -> None:
+    def __init__(self, urgent: bool, counted: bool = False) -> None:
         self.urgent = urgent
+        self.counted = counted  # its lease is counted already: any connection may go to it
         self.future: asyncio.Future[AsyncConnection | None] = asyncio.get_running_loop().create_future()
 
     def handed(self) -> AsyncConnection | None:
