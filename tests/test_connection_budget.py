@@ -91,6 +91,31 @@ async def test_idle_instance_holds_two_connections_busy_one_at_most_four(
 
 
 @pytest.mark.parametrize("backend", SERVERS)
+async def test_down_returns_every_connection_of_the_instance_before_it_returns(
+    backend: str, engine: AsyncEngine, table_prefix: str
+) -> None:
+    """When ``down()`` returns, none of the instance's connections is still checked out of
+    the engine's pool: an app may dispose of the engine, or end its event loop, at once
+    (they were closed in background tasks that ``down()`` did not wait for: the end of the
+    loop could cancel them halfway)."""
+    jd = JobsD(engine, table_prefix=table_prefix, workers=4, **FAST)
+
+    @jd.job(name="work")
+    async def work() -> None:
+        await asyncio.sleep(0.05)
+
+    try:
+        async with jd:
+            # Runs ending together, and a beat: more than one connection in use at once.
+            ids = await asyncio.gather(*(jd.create_run("work").run() for _ in range(8)))
+            await asyncio.gather(*(jd.wait_for_run(run_id, timeout=10) for run_id in ids))
+            assert engine.pool.checkedout() >= 1  # type: ignore[attr-defined]
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await drop_tables(engine, jd)
+
+
+@pytest.mark.parametrize("backend", SERVERS)
 async def test_max_connections_one_shares_a_single_connection(
     backend: str, database_url: str, engine: AsyncEngine, table_prefix: str, recorder: ServerConnections
 ) -> None:

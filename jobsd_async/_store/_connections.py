@@ -111,12 +111,16 @@ class Connections:
         """Close every idle connection; those in use are closed when they come back.
 
         Leases after this open plain pooled connections (a last statement at shutdown).
+        The closes run in the background (a cancelled close() leaks none), waited for
+        here: an engine disposed of, or an event loop ended, right after ``down()`` must
+        not cut one short.
         """
         self._closed = True
         idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            self._forget(conn)  # (in the background: a cancelled close() leaks none)
+        closing = [self._forget(conn) for conn, _ in idle]
         self._wake()
+        if closing:
+            await asyncio.wait(closing, timeout=2 * _CLOSE_TIMEOUT)
 
     async def _acquire(self, urgent: bool, patient: bool) -> AsyncConnection | None:
         """A connection, counted in ``_leased_ordinary`` unless ``urgent``; None once closed.
@@ -337,13 +341,14 @@ class Connections:
                 return
         self._idle.append((conn, time.monotonic()))
 
-    def _forget(self, conn: AsyncConnection) -> None:
+    def _forget(self, conn: AsyncConnection) -> asyncio.Task[None]:
         """Stop counting ``conn`` and close it in the background (never back to the pool)."""
         self._open -= 1
         self._wake()
         task = asyncio.get_running_loop().create_task(discard(conn))
         _closing.add(task)
         task.add_done_callback(_closing.discard)
+        return task
 
     def _wake(self) -> None:
         """Let every waiter look again (None: no connection handed over)."""
