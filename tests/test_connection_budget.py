@@ -318,54 +318,28 @@ async def test_a_stream_of_work_on_one_connection_cannot_starve_the_heartbeat(en
 
 
 @pytest.mark.parametrize("backend", SERVERS)
-async def test_the_beat_takes_a_connection_coming_back_rather_than_waiting_on_an_empty_pool(
-    backend: str, database_url: str
+@pytest.mark.parametrize(
+    ("waiting", "holding", "limit"),
+    [("the heartbeat", "work", 3), ("work", "work", 3), ("work", "the heartbeat", 2)],
+)
+async def test_a_lease_takes_a_connection_coming_back_rather_than_waiting_on_an_empty_pool(
+    backend: str, database_url: str, waiting: str, holding: str, limit: int
 ) -> None:
-    """The instance holds one connection, busy with a slow statement; jobs hold the rest of
-    the engine's pool.  The beat may not wait for the pool (``pool_timeout``) while the
-    instance's own connection comes back (found in review: the beat failed after 5 s)."""
-    small = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=5)
-    conns = _connections.Connections(small, 3, logger=logging.getLogger("jobsd_async"))
-    sleep = "SELECT pg_sleep(0.3)" if backend == "postgresql" else "SELECT SLEEP(0.3)"
-    busy = asyncio.Event()
-
-    async def slow_work() -> None:
-        async with conns.lease() as conn:
-            busy.set()
-            await conn.exec_driver_sql(sleep)
-
-    try:
-        async with small.connect() as job:  # a job holds the pool's other connection
-            await job.exec_driver_sql("SELECT 1")
-            work = asyncio.create_task(slow_work())
-            await busy.wait()
-            async with asyncio.timeout(4), conns.lease(urgent=True, patient=True) as conn:
-                await conn.exec_driver_sql("SELECT 1")
-            await work
-    finally:
-        await conns.close()
-        await small.dispose()
-
-
-@pytest.mark.parametrize("backend", SERVERS)
-@pytest.mark.parametrize(("holder", "limit"), [("work", 3), ("the heartbeat", 2)])
-async def test_work_takes_a_connection_coming_back_rather_than_waiting_on_an_empty_pool(
-    backend: str, database_url: str, holder: str, limit: int
-) -> None:
-    """As the beat above, for ordinary work (a completion, a claim): the instance's one
-    connection is busy with a slow statement (of other work, or of the heartbeat) and the
-    application holds the rest of the engine's pool.  The next statement takes the
-    instance's connection when it comes back; it may not wait ``pool_timeout`` for the pool
-    (found by the ten-instance cluster tests on a pool of 30, where a completion waited the
-    30 s of the default).  With ``max_connections=2`` the heartbeat's connection is the
-    only one work may get back."""
+    """The instance's one connection is busy with a slow statement (of other work, or of
+    the heartbeat) and the application holds the rest of the engine's pool.  The next lease
+    takes the instance's connection when it comes back; it may not wait ``pool_timeout``
+    for the pool.  Found for the beat in review (it failed after 5 s), then for ordinary work
+    (a completion, a claim) by the ten-instance cluster tests on a pool of 30, where a
+    completion waited the 30 s of the default.  With ``max_connections=2`` the heartbeat's
+    connection is the only one work may get back."""
     small = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=5)
     conns = _connections.Connections(small, limit, logger=logging.getLogger("jobsd_async"))
     sleep = "SELECT pg_sleep(0.3)" if backend == "postgresql" else "SELECT SLEEP(0.3)"
     busy = asyncio.Event()
+    beat = waiting == "the heartbeat"
 
     async def slow_statement() -> None:
-        async with conns.lease(urgent=holder == "the heartbeat") as conn:
+        async with conns.lease(urgent=holding == "the heartbeat") as conn:
             busy.set()
             await conn.exec_driver_sql(sleep)
 
@@ -374,7 +348,7 @@ async def test_work_takes_a_connection_coming_back_rather_than_waiting_on_an_emp
             await app.exec_driver_sql("SELECT 1")
             slow = asyncio.create_task(slow_statement())
             await busy.wait()
-            async with asyncio.timeout(4), conns.lease() as conn:
+            async with asyncio.timeout(4), conns.lease(urgent=beat, patient=beat) as conn:
                 await conn.exec_driver_sql("SELECT 1")
             assert conns.opened == 1  # served by the connection that came back
             await slow
