@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -200,7 +201,7 @@ class Dialect:
         try:
             if self.is_sqlite:
                 # Inside the try: a cancel that lands while BEGIN runs must still roll back.
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                await _begin_immediate(conn)
             elif explicit:
                 await conn.exec_driver_sql("BEGIN")
             yield conn
@@ -341,6 +342,36 @@ async def _rollback(conn: AsyncConnection, *, explicit: bool = False) -> None:
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
         raise
+
+
+async def _begin_immediate(conn: AsyncConnection) -> None:
+    """SQLite's ``BEGIN IMMEDIATE``, as one call to aiosqlite's thread rather than
+    SQLAlchemy's three (a cursor opened, the statement, the cursor closed): every write
+    transaction starts with it, and each call there is a wake-up of two threads.
+
+    SQLAlchemy's transaction is begun first (on SQLite that sends nothing), so that the
+    ``COMMIT`` or ``ROLLBACK`` that ends it reaches the driver whatever follows.  While
+    somebody listens to SQLAlchemy's events (tracing), it runs through SQLAlchemy.
+    """
+    if not conn.in_transaction():
+        await conn.begin()
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None or not unobserved(conn) or not hasattr(driver, "execute_fetchall"):
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    try:
+        await driver.execute_fetchall("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        # As SQLAlchemy would raise it (retries tell a busy database by it).
+        raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+
+
+def unobserved(conn: AsyncConnection) -> bool:
+    """Whether nobody listens to SQLAlchemy's events for ``conn`` (statement events, as
+    tracing does, or ``handle_error``, which may decide what counts as a lost connection):
+    only then may a statement skip SQLAlchemy's execution."""
+    sync = conn.sync_connection
+    return sync is not None and not (sync._has_events or sync.engine._has_events or sync.dialect._has_events)
 
 
 def autocommits(conn: AsyncConnection) -> bool:

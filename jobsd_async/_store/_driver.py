@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, ColumnElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ._dialect import autocommits
+from ._dialect import autocommits, unobserved
 
 Processor = Callable[[Any], Any]
 R = TypeVar("R")
@@ -113,7 +113,7 @@ def drives(conn: AsyncConnection) -> bool:
     sync = conn.sync_connection
     return (
         sync is not None
-        and not (sync._has_events or sync.engine._has_events or sync.dialect._has_events)
+        and unobserved(conn)
         and not sync.invalidated
         and not sync.closed
         and sync.dialect.driver == "asyncpg"
