@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import BACKENDS
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async._store._dialect import Dialect
@@ -95,3 +95,26 @@ async def test_a_listener_on_the_engine_sees_the_begin(
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", listening)
     assert seen == ["BEGIN IMMEDIATE", "INSERT INTO t VALUES (1)"]
+
+
+async def test_a_closed_connection_is_reported_lost_as_through_sqlalchemy(
+    backend: str, impatient: tuple[AsyncEngine, Path]
+) -> None:
+    """A pooled connection whose aiosqlite connection was closed: the BEGIN fails as a lost
+    connection (``connection_invalidated``, which ``retrying`` answers with a new one), not
+    as an error of the data, and the connection is not used again."""
+    engine, _ = impatient
+    dialect = await Dialect.detect(engine)
+    conn = await engine.connect()
+    try:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.close()
+        with pytest.raises(DBAPIError) as lost:
+            async with dialect.transaction_on(conn):
+                pass
+        assert lost.value.connection_invalidated
+        assert not dialect.refuses(lost.value)
+        assert conn.invalidated
+    finally:
+        await conn.close()

@@ -361,17 +361,24 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
         return
     try:
         await driver.execute_fetchall("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        # As SQLAlchemy would raise it (retries tell a busy database by it).
-        raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+    except Exception as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.ProgrammingError):
+            # SQLite refused it (a busy file): as SQLAlchemy would raise it, which retries know.
+            raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+        # A closed connection (aiosqlite's, or SQLite's): SQLAlchemy's execution reports it
+        # as lost and invalidates it, as it always did.
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def unobserved(conn: AsyncConnection) -> bool:
     """Whether nobody listens to SQLAlchemy's events for ``conn`` (statement events, as
-    tracing does, or ``handle_error``, which may decide what counts as a lost connection):
-    only then may a statement skip SQLAlchemy's execution."""
+    tracing does, or ``handle_error``, which may decide what counts as a lost connection),
+    nor has it log its statements (``echo``): only then may a statement skip SQLAlchemy's
+    execution."""
     sync = conn.sync_connection
-    return sync is not None and not (sync._has_events or sync.engine._has_events or sync.dialect._has_events)
+    return sync is not None and not (
+        sync._has_events or sync.engine._has_events or sync.dialect._has_events or sync._echo
+    )
 
 
 def autocommits(conn: AsyncConnection) -> bool:
