@@ -351,7 +351,7 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
 
     SQLAlchemy's transaction is begun first (on SQLite that sends nothing), so that the
     ``COMMIT`` or ``ROLLBACK`` that ends it reaches the driver whatever follows.  While
-    somebody listens to SQLAlchemy's events (tracing), it runs through SQLAlchemy.
+    SQLAlchemy's execution is observed (see :func:`unobserved`), it runs through SQLAlchemy.
     """
     if not conn.in_transaction():
         await conn.begin()
@@ -373,8 +373,8 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
 def unobserved(conn: AsyncConnection) -> bool:
     """Whether nobody listens to SQLAlchemy's events for ``conn`` (statement events, as
     tracing does, or ``handle_error``, which may decide what counts as a lost connection),
-    nor has it log its statements (``echo``): only then may a statement skip SQLAlchemy's
-    execution."""
+    and its engine does not log them (``echo``): only then may a statement skip
+    SQLAlchemy's execution."""
     sync = conn.sync_connection
     return sync is not None and not (
         sync._has_events or sync.engine._has_events or sync.dialect._has_events or sync._echo
