@@ -118,8 +118,9 @@ async def claim_due(
     if not dialect.update_returning:
         return await _pick_then_claim(store, conn, shape, params)
     stmt = store.statement(("claim", *shape), lambda: _claim_statement(store, shape))
-    if _driver.drives(conn):
-        # The claim is the burn-down's hot statement (see _driver).
+    if dialect.is_postgresql and _driver.drives(conn):
+        # The claim is the burn-down's hot statement (see _driver).  (SQLite's names its
+        # jobs and queues in lists SQLAlchemy expands: it runs through SQLAlchemy.)
         driven = store.statement(
             ("claim on the driver", *shape),
             lambda: _driver.DriverStatement(stmt, row_columns(store.runs), conn.dialect),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Integer,
     Select,
     Text,
+    Update,
     bindparam,
     case,
     cast,
@@ -31,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect as SQLDialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._chain import FollowUp
@@ -243,26 +246,56 @@ async def _close_returning(
     for item in items:
         alike.setdefault((item.closing, item.owner_id), []).append(item.row.id)
     whole = rows is not None
-    stmt = store.statement(("close returning", whole), lambda: _close_returning_statement(store, whole))
+    flag = RunRow._fields.index("cancel_requested_at") if whole else 1
     closed: set[int] = set()
     cancelled: set[int] = set()
     for (how, owner), ids in alike.items():
-        for returned in await conn.execute(stmt, {**_closing_params(how, ids), "owner": owner}):
-            row_id = returned.id
+        params = {**_closing_params(how), "owner": owner}
+        returned: Iterable[Sequence[Any]]
+        if _driver.drives(conn):
+            # Without SQLAlchemy's expansion of the ids: as many placeholders as the next
+            # power of two, the last id repeated (a few statements, each compiled once).
+            width = 1 << (len(ids) - 1).bit_length()
+            driven = store.statement(
+                ("close returning on the driver", whole, width),
+                partial(_driver_close_statement, store, conn.dialect, whole, width),
+            )
+            params.update((f"id{i}", ids[min(i, len(ids) - 1)]) for i in range(width))
+            returned = await _driver.fetch(conn, driven, params)
+        else:
+            build = partial(_close_returning_statement, store, whole)
+            stmt = store.statement(("close returning", whole), build)
+            returned = await conn.execute(stmt, {**params, "ids": ids})
+        for values in returned:
+            row_id = values[0]
             closed.add(row_id)
-            if returned.cancel_requested_at is not None:
+            if values[flag] is not None:
                 cancelled.add(row_id)
             if rows is not None:
-                rows[row_id] = RunRow._make(returned)
+                rows[row_id] = RunRow._make(values)
     return closed, cancelled
 
 
-def _close_returning_statement(store: Store, whole_rows: bool) -> Executable:
+def _driver_close_statement(
+    store: Store, dialect: SQLDialect, whole_rows: bool, width: int
+) -> _driver.DriverStatement:
+    stmt = _close_returning_statement(store, whole_rows, width=width)
+    return _driver.DriverStatement(stmt, list(stmt.exported_columns), dialect)
+
+
+def _close_returning_statement(store: Store, whole_rows: bool, *, width: int | None = None) -> Update:
+    """SQLite's UPDATE closing the rows ``ids`` alike (expanded by SQLAlchemy), or with
+    ``width``, the rows ``id0`` … ``id{width-1}``."""
     runs = store.runs
+    ids = (
+        bindparam("ids", expanding=True)
+        if width is None
+        else [bindparam(f"id{i}", type_=BigInteger) for i in range(width)]
+    )
     return (
         update(runs)
         .where(
-            runs.c.id.in_(bindparam("ids", expanding=True)),
+            runs.c.id.in_(ids),
             runs.c.run_completed_at.is_(None),
             runs.c.run_started_by == bindparam("owner", type_=BigInteger),
         )
@@ -281,10 +314,9 @@ def _close_returning_statement(store: Store, whole_rows: bool) -> Executable:
     )
 
 
-def _closing_params(how: Closing, ids: list[int]) -> dict[str, Any]:
-    """The parameters of a statement closing the rows ``ids`` alike, as ``how`` says."""
+def _closing_params(how: Closing) -> dict[str, Any]:
+    """The parameters of a statement closing rows alike, as ``how`` says (but the rows)."""
     return {
-        "ids": ids,
         "error": how.error,
         "result": how.result,
         "traceback": how.traceback,
@@ -343,7 +375,7 @@ async def _lock_then_close(
     if alike:
         stmt = store.statement("close alike", lambda: _close_alike_statement(store))
         for how, ids in alike.items():
-            await conn.execute(stmt, _closing_params(how, ids))
+            await conn.execute(stmt, {**_closing_params(how), "ids": ids})
     if cancelled:
         now = store.dialect.now()
         await conn.execute(

@@ -12,7 +12,6 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Float,
-    Select,
     Table,
     bindparam,
     case,
@@ -26,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import ReturnsRows
 
 from .._config import DEFAULT_PRIORITY, DEFAULT_QUEUE, Backoff
 from .._errors import StoreError
@@ -246,7 +246,7 @@ async def _insert_if_name_free(
         # A run's insert is one of the two statements of its life here (see _driver).
         driven = store.statement(
             ("insert first on the driver", shape, whole_row, keys),
-            lambda: _driver.DriverStatement(stmt, _returned(store, stmt), conn.dialect, list(params)),
+            lambda: _driver.DriverStatement(stmt, _returned(stmt), conn.dialect, list(params)),
         )
         found = await _driver.fetch(conn, driven, params)
         row = dict(zip(driven.keys, found[0], strict=True)) if found else None
@@ -277,9 +277,10 @@ def _announces(store: Store, values: Mapping[str, Any]) -> bool:
     return store.dialect.is_postgresql and LANDED_SINCE not in values
 
 
-def _returned(store: Store, stmt: Executable) -> list[ColumnElement[Any]]:
+def _returned(stmt: Executable) -> list[ColumnElement[Any]]:
     """The columns a first row's statement returns."""
-    return list(stmt.selected_columns) if isinstance(stmt, Select) else list(store.runs.c)
+    assert isinstance(stmt, ReturnsRows)
+    return list(stmt.exported_columns)
 
 
 def _shape(store: Store, row: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -362,12 +362,32 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
     try:
         await driver.execute_fetchall("BEGIN IMMEDIATE")
     except Exception as exc:
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.ProgrammingError):
-            # SQLite refused it (a busy file): as SQLAlchemy would raise it, which retries know.
-            raise DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error) from exc
+        refused = sqlite_refusal(conn, exc, "BEGIN IMMEDIATE", ())
+        if refused is not None:  # a busy file: as SQLAlchemy would raise it, which retries know
+            raise refused from exc
         # A closed connection (aiosqlite's, or SQLite's): SQLAlchemy's execution reports it
         # as lost and invalidates it, as it always did.
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def sqlite_refusal(conn: AsyncConnection, exc: Exception, sql: str, parameters: Any) -> DBAPIError | None:
+    """``exc``, raised by aiosqlite for a statement sent to it directly, as SQLAlchemy's
+    execution would raise it, if SQLite refused the statement (a busy file, a constraint);
+    None for anything raised before the statement reached SQLite (a closed connection, a
+    value that cannot be bound), which SQLAlchemy's execution reports as it always did."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.ProgrammingError):
+        return None
+    sync = conn.sync_connection
+    error = DBAPIError.instance(
+        sql,
+        parameters,
+        exc,
+        sqlite3.Error,
+        hide_parameters=sync is not None and sync.engine.hide_parameters,
+        dialect=conn.dialect,
+    )
+    assert isinstance(error, DBAPIError)  # (SQLite's errors are the DB-API's)
+    return error
 
 
 def unobserved(conn: AsyncConnection) -> bool:

@@ -1,19 +1,26 @@
-"""Hot statements run on the driver's own connection (PostgreSQL, asyncpg).
+"""Hot statements run on the driver's own connection (PostgreSQL's asyncpg, SQLite's aiosqlite).
 
 SQLAlchemy's execution of a statement costs this process about twice the driver's own
 (``benchmarks/`` and docs/performance.md), and a run created and awaited on one instance
 is two statements: the insert that starts it here and its completion.  Those statements
-are compiled once by SQLAlchemy; their SQL then runs on asyncpg's connection, with the
-values bound and read back through the same type processors SQLAlchemy applies.
+are compiled once by SQLAlchemy; their SQL then runs on the driver's connection, with the
+values bound and read back through the same type processors SQLAlchemy applies.  On
+SQLite each call to aiosqlite is a hop to its thread and back: SQLAlchemy's execution
+makes four of a statement (a cursor opened, the statement, its rows, the cursor closed),
+the driver's ``execute_fetchall`` one.
 
 A failure leaves as SQLAlchemy's would: the driver's error translated by SQLAlchemy's
 adapter and wrapped in a ``DBAPIError``, and the connection invalidated when it died (or
 when the statement was interrupted), so that ``Dialect.retrying`` and ``Dialect.refuses``
-see what they always saw.
+see what they always saw.  On SQLite, what fails before the statement reaches SQLite (a
+closed connection, a value that cannot be bound) runs through SQLAlchemy's execution,
+which reports it as it always did.
 
-Only on connections in autocommit mode: there the server's transaction, if any, is the one
-an explicit ``BEGIN`` opened, which the driver's statements share.  Elsewhere SQLAlchemy's
-adapter opens transactions of its own, which these statements would bypass.  And only
+On PostgreSQL only on connections in autocommit mode: there the server's transaction, if
+any, is the one an explicit ``BEGIN`` opened, which the driver's statements share.
+Elsewhere SQLAlchemy's adapter opens transactions of its own, which these statements would
+bypass.  On SQLite only inside SQLAlchemy's transaction (which ``BEGIN IMMEDIATE`` opened
+on the file), whose ``COMMIT`` or ``ROLLBACK`` ends what the statement wrote.  And only
 while nobody listens to the engine's events (tracing built on statement events, a
 ``handle_error`` hook deciding what counts as a lost connection): then SQLAlchemy runs
 them, as it runs every other statement.
@@ -32,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, ColumnElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ._dialect import autocommits, unobserved
+from ._dialect import autocommits, sqlite_refusal, unobserved
 
 Processor = Callable[[Any], Any]
 R = TypeVar("R")
@@ -41,7 +48,7 @@ R = TypeVar("R")
 class DriverStatement:
     """A statement compiled once, to run on the driver's connection (see :func:`fetch`)."""
 
-    __slots__ = ("_binds", "_compiled", "_dialect", "_results", "_returning", "keys", "sql")
+    __slots__ = ("_binds", "_compiled", "_dialect", "_results", "_returning", "keys", "sql", "statement")
 
     def __init__(
         self,
@@ -62,6 +69,7 @@ class DriverStatement:
             or compiled.insert_prefetch
             or compiled.update_prefetch
         ), "a statement for the driver's connection must be complete as compiled"
+        self.statement = statement
         self._compiled = compiled
         self.sql = compiled.string
         binds = compiled.binds
@@ -76,8 +84,9 @@ class DriverStatement:
         # do): known after the first execution.
         self._results: list[tuple[int, Processor]] | None = None
 
-    def learn(self, type_oids: Sequence[int]) -> None:
-        """Settle the result processors, given the returned columns' type oids."""
+    def learn(self, type_oids: Sequence[int | None]) -> None:
+        """Settle the result processors, given the returned columns' type oids (None
+        where the driver reports none, as SQLite's)."""
         dialect = self._dialect
         self._results = [
             (index, processor)
@@ -107,18 +116,17 @@ class DriverStatement:
 
 
 def drives(conn: AsyncConnection) -> bool:
-    """Whether ``conn`` can run a :class:`DriverStatement` (asyncpg, autocommit, alive),
-    and nobody listens to SQLAlchemy's events for it (statement events, as tracing does,
-    or ``handle_error``, which may decide what counts as a lost connection)."""
+    """Whether ``conn`` can run a :class:`DriverStatement` (asyncpg in autocommit mode, or
+    aiosqlite in a transaction; alive), and nobody listens to SQLAlchemy's events for it
+    (statement events, as tracing does, or ``handle_error``, which may decide what counts
+    as a lost connection)."""
     sync = conn.sync_connection
-    return (
-        sync is not None
-        and unobserved(conn)
-        and not sync.invalidated
-        and not sync.closed
-        and sync.dialect.driver == "asyncpg"
-        and autocommits(conn)
-    )
+    if sync is None or not unobserved(conn) or sync.invalidated or sync.closed:
+        return False
+    driver = sync.dialect.driver
+    if driver == "asyncpg":
+        return autocommits(conn)
+    return driver == "aiosqlite" and sync.in_transaction()
 
 
 @overload
@@ -156,6 +164,8 @@ async def fetch(
         message = f"({type(exc).__module__}.{type(exc).__name__}) {exc}"
         raise StatementError(message, statement.sql, params, exc, hide_parameters=hidden) from exc
     driver: Any = pooled.driver_connection
+    if sync.dialect.driver == "aiosqlite":
+        return await _fetch_sqlite(conn, driver, statement, params, arguments, make)
     try:
         if statement._results is None:
             prepared = await driver.prepare(statement.sql)
@@ -173,6 +183,30 @@ async def fetch(
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
         raise
+    row = statement.row
+    return [row(record, make) for record in records]
+
+
+async def _fetch_sqlite(
+    conn: AsyncConnection,
+    driver: Any,
+    statement: DriverStatement,
+    params: Mapping[str, Any],
+    arguments: list[Any],
+    make: Callable[[Iterable[Any]], Any],
+) -> list[Any]:
+    """:func:`fetch` on aiosqlite: one call to its thread."""
+    if statement._results is None:
+        statement.learn([None] * len(statement.keys))  # (SQLite reports no column types)
+    try:
+        records = await driver.execute_fetchall(statement.sql, arguments)
+    except Exception as exc:
+        refused = sqlite_refusal(conn, exc, statement.sql, arguments)
+        if refused is not None:
+            raise refused from exc
+        # Raised before the statement reached SQLite: as SQLAlchemy's execution reports it
+        # (a closed connection lost and invalidated, a value it cannot bind).
+        return [make(row) for row in await conn.execute(statement.statement, params)]
     row = statement.row
     return [row(record, make) for record in records]
 
