@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BACKENDS, MakeJobsD, eventually, fetch_runs
-from sqlalchemy import Integer, Text, bindparam, column, event, select, table
-from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from conftest import BACKENDS, MakeJobsD, fetch_runs, insert_row
+from sqlalchemy import Integer, Text, bindparam, column, event, select, table, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, PendingRollbackError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobsd_async import RunInfo, RunStatus
-from jobsd_async._store import _create, _driver
+from jobsd_async._store import _complete, _create, _driver
+from jobsd_async._store._complete import Closing, Completion
 from jobsd_async._store._dialect import Dialect
-from jobsd_async._store._rows import RunRow
+from jobsd_async._store._rows import RunRow, Store
 from jobsd_async._store._schema import UTCDateTime
 
 pytestmark = pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "sqlite"])
@@ -94,24 +95,18 @@ async def test_a_run_started_here_and_its_completion_run_on_the_driver(
 
 
 async def test_a_batch_closes_its_rows_and_no_other(backend: str, make_jobsd: MakeJobsD) -> None:
-    # Three runs ending together close in one statement of four placeholders (the last id
-    # repeated); a run that is still running is left open.
-    jd = make_jobsd(workers=10)
-    gate, release = asyncio.Event(), asyncio.Event()
-    waiting: list[int] = []
-    holding = asyncio.Event()
-
-    @jd.job(name="together")
-    async def together(info: RunInfo) -> int:
-        waiting.append(info.run_id)
-        await gate.wait()
-        return 1
-
-    @jd.job(name="held")
-    async def held() -> None:
-        holding.set()
-        await release.wait()
-
+    # Three rows ending alike close in one statement of four placeholders (the last id
+    # repeated); a fourth row held by the same owner is left open.
+    jd = make_jobsd(workers=0)
+    async with jd:
+        pass  # the tables
+    owner = 7
+    started = datetime.now(UTC)
+    ids = [await insert_row(jd, job="any", run_started_by=owner, run_started_at=started) for _ in range(4)]
+    rows = {row["id"]: RunRow.of(row) for row in await fetch_runs(jd)}
+    closing = Closing(error=None, result="1", success=True)
+    items = [Completion(rows[row_id], closing, None, owner) for row_id in ids[:3]]
+    store = Store(await Dialect.detect(jd.engine), jd._tables)
     statements: list[str] = []
     fetch = _driver.fetch
 
@@ -119,21 +114,15 @@ async def test_a_batch_closes_its_rows_and_no_other(backend: str, make_jobsd: Ma
         statements.append(statement.sql)
         return await fetch(conn, statement, params, **kw)
 
-    async with jd:
-        running = await held.create_run().run()
-        await holding.wait()
-        run_ids = [await together.create_run().run() for _ in range(3)]
-        await eventually(lambda: len(waiting) == 3, what="the three runs started")
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(_driver, "fetch", fetching)
-            gate.set()
-            states = [await jd.wait_for_run(run_id, timeout=10) for run_id in run_ids]
-            assert (await jd.get_run_state(running)).status is RunStatus.RUNNING
-        release.set()
-        assert (await jd.wait_for_run(running, timeout=10)).status is RunStatus.SUCCEEDED
-    assert [s.status for s in states] == [RunStatus.SUCCEEDED] * 3
-    closes = [sql for sql in statements if sql.startswith("UPDATE")]
-    assert len(closes) == 1 and "IN (?, ?, ?, ?)" in closes[0], closes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_driver, "fetch", fetching)
+        async with store.dialect.transaction() as conn:
+            written = await _complete.complete_many(store, conn, items, instance_id=owner, finals=ids[:3])
+    assert [w is not None and w.final is not None and w.final.id for w in written] == ids[:3]
+    assert len(statements) == 1 and "IN (?, ?, ?, ?)" in statements[0], statements
+    after = {row["id"]: row for row in await fetch_runs(jd)}
+    assert [row_id for row_id in ids if after[row_id]["run_completed_at"] is not None] == ids[:3]
+    assert [after[row_id]["run_result"] for row_id in ids] == ["1", "1", "1", None]
 
 
 async def test_values_are_bound_and_read_through_the_column_types(
@@ -265,3 +254,95 @@ async def test_a_closed_connection_is_reported_lost_as_through_sqlalchemy(
     finally:
         await conn.close()
     assert await notes(engine) == []
+
+
+async def test_a_statement_cancelled_midway_is_not_committed(
+    backend: str, own: tuple[AsyncEngine, Dialect]
+) -> None:
+    """aiosqlite's thread runs a statement whose caller was cancelled: the connection is
+    not used again (as SQLAlchemy's execution does), so whoever holds it cannot commit it."""
+    engine, _ = own
+    count = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000)"
+    slow = (
+        text(f"INSERT INTO t (id, note) SELECT :id, ({count} SELECT count(*) FROM c) RETURNING id")
+        .bindparams(bindparam("id", type_=Integer))
+        .columns(_T.c.id)
+    )
+    driven = _driver.DriverStatement(slow, [_T.c.id], engine.dialect)
+    conn = await engine.connect()
+    try:
+        await conn.begin()
+        assert _driver.drives(conn)
+        running = asyncio.create_task(_driver.fetch(conn, driven, {"id": 1}))
+        await asyncio.sleep(0)  # (to the driver's call)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert conn.invalidated
+        with pytest.raises(PendingRollbackError):
+            await conn.commit()
+    finally:
+        await conn.close()
+    assert await notes(engine) == []
+
+
+async def test_a_connection_of_another_engine_runs_it_through_sqlalchemy(
+    backend: str, own: tuple[AsyncEngine, Dialect]
+) -> None:
+    # Compiled for one engine's dialect; another engine (a caller's) may set it up
+    # otherwise: SQLAlchemy's execution compiles it for that one.
+    engine, _ = own
+    driven = insert_t(engine)
+    other = create_async_engine(engine.url)
+    executed: list[Any] = []
+    try:
+        async with other.begin() as conn:
+            assert _driver.drives(conn)
+            execute = AsyncConnection.execute
+
+            async def executing(self: AsyncConnection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+                executed.append(statement)
+                return await execute(self, statement, *args, **kwargs)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(AsyncConnection, "execute", executing)
+                assert await _driver.fetch(conn, driven, {"id": 1, "note": "other"}) == [(1, "other")]
+    finally:
+        await other.dispose()
+    assert executed == [driven.statement]
+    assert await notes(engine) == [(1, "other")]
+
+
+async def test_without_returning_nothing_runs_on_the_driver(backend: str, make_jobsd: MakeJobsD) -> None:
+    # SQLite before 3.35 has no RETURNING: its statements stay with SQLAlchemy (an insert
+    # without RETURNING on the driver would report its row as not inserted).
+    detect = Dialect.detect
+
+    async def without_returning(engine: AsyncEngine) -> Dialect:
+        dialect = await detect(engine)
+        dialect.insert_returning = dialect.update_returning = dialect.direct_start = False
+        return dialect
+
+    driven: list[str] = []
+    fetch = _driver.fetch
+
+    async def fetching(conn: AsyncConnection, statement: Any, params: Any, **kw: Any) -> Any:
+        driven.append(statement.sql)
+        return await fetch(conn, statement, params, **kw)
+
+    jd = make_jobsd(workers=2)
+
+    @jd.job(name="echo")
+    async def echo(value: int) -> int:
+        return value
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Dialect, "detect", without_returning)
+        patch.setattr(_driver, "fetch", fetching)
+        async with jd:
+            created = await echo.create_run(5).unique("only-one").run()
+            again = await echo.create_run(6).unique("only-one").run()
+            state = await jd.wait_for_run(created, timeout=10)
+    assert again == created
+    assert state.status is RunStatus.SUCCEEDED and state.result == 5
+    assert driven == []

@@ -242,7 +242,7 @@ async def _insert_if_name_free(
         ),
     )
     row: Mapping[Any, Any] | None
-    if LANDED_SINCE not in values and _driver.drives(conn):
+    if returning and LANDED_SINCE not in values and _driver.drives(conn):
         # A run's insert is one of the two statements of its life here (see _driver).
         driven = store.statement(
             ("insert first on the driver", shape, whole_row, keys),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
@@ -163,6 +164,10 @@ async def fetch(
         hidden = sync.engine.hide_parameters
         message = f"({type(exc).__module__}.{type(exc).__name__}) {exc}"
         raise StatementError(message, statement.sql, params, exc, hide_parameters=hidden) from exc
+    if sync.dialect is not statement._dialect:
+        # Compiled for another engine's dialect (a caller's connection): SQLAlchemy's
+        # execution compiles it for this one.
+        return [make(row) for row in await conn.execute(statement.statement, params)]
     driver: Any = pooled.driver_connection
     if sync.dialect.driver == "aiosqlite":
         return await _fetch_sqlite(conn, driver, statement, params, arguments, make)
@@ -200,13 +205,23 @@ async def _fetch_sqlite(
         statement.learn([None] * len(statement.keys))  # (SQLite reports no column types)
     try:
         records = await driver.execute_fetchall(statement.sql, arguments)
+    except (ValueError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+        # Raised before the statement reached SQLite (a closed connection, aiosqlite's or
+        # SQLite's; parameters it cannot bind): SQLAlchemy's execution reports it as it
+        # always did, a closed connection as lost, and invalidated.
+        return [make(row) for row in await conn.execute(statement.statement, params)]
     except Exception as exc:
         refused = sqlite_refusal(conn, exc, statement.sql, arguments)
         if refused is not None:
             raise refused from exc
-        # Raised before the statement reached SQLite: as SQLAlchemy's execution reports it
-        # (a closed connection lost and invalidated, a value it cannot bind).
-        return [make(row) for row in await conn.execute(statement.statement, params)]
+        raise  # not the database's (text that cannot be encoded): as SQLAlchemy lets it through
+    except BaseException:
+        # Interrupted (cancelled): aiosqlite's thread still runs the statement, which must
+        # not be committed by whoever holds the connection: it is not used again (closing
+        # it, after the statement, rolls it back).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(conn.invalidate())
+        raise
     row = statement.row
     return [row(record, make) for record in records]
 
