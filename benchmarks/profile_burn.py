@@ -21,7 +21,11 @@ shutdown is outside it. Per round:
 - the wall-clock rate (runs/s), for orientation only: this figure is not the target;
 - the PostgreSQL server's CPU per run: utime + stime of every ``postgres`` process on this
   host (``/proc``) over the window. It counts whatever else the server does meanwhile, so it
-  is only meaningful on an otherwise idle server.
+  is only meaningful on an otherwise idle server;
+- where the event loop waited: the share of the window it spent idle in ``epoll`` (waiting
+  for the database), and how much of that fell while a claim was in flight (its claim
+  statements timed by wrapping ``_claim.claim_due``). Idle time with a claim in flight is
+  the claim's latency on the critical path; idle time without one is waiting on the rest.
 
 With ``--freeze`` the heap built so far (interpreter, SQLAlchemy, the driver, the script) is
 taken out of the garbage collector's sight before each round (``gc.freeze()``), as the ``jobsd
@@ -42,17 +46,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
 import os
 import pstats
+import selectors
 import statistics
 import subprocess
 import sys
 import sysconfig
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +92,9 @@ class Round:
     startup_cpu_s: float
     wall_s: float
     server_cpu_s: float | None
+    idle_s: float = 0.0
+    idle_claiming_s: float = 0.0
+    claims: int = 0
 
     @property
     def cpu_us_per_run(self) -> float:
@@ -117,6 +127,54 @@ def server_cpu() -> float | None:
     return total / ticks if seen else None
 
 
+class Timeline:
+    """Time the event loop spends idle in ``epoll``, and how much of it falls while a claim
+    is in flight (by wrapping the selector's ``select`` and ``_claim.claim_due``)."""
+
+    def __init__(self) -> None:
+        self.idle = 0.0
+        self.idle_claiming = 0.0
+        self.claims = 0
+        self._claiming = 0
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> Timeline:
+        from jobsd_async._store import _claim
+
+        select = selectors.EpollSelector.select
+        claim_due = _claim.claim_due
+
+        def timed_select(selector: Any, timeout: float | None = None) -> Any:
+            started = time.perf_counter()
+            try:
+                return select(selector, timeout)
+            finally:
+                waited = time.perf_counter() - started
+                self.idle += waited
+                if self._claiming:
+                    self.idle_claiming += waited
+
+        async def timed_claim(*args: Any, **kwargs: Any) -> Any:
+            self._claiming += 1
+            self.claims += 1
+            try:
+                return await claim_due(*args, **kwargs)
+            finally:
+                self._claiming -= 1
+
+        selectors.EpollSelector.select = timed_select  # type: ignore[method-assign,assignment]
+        _claim.claim_due = timed_claim
+        self._undo = [
+            lambda: setattr(selectors.EpollSelector, "select", select),
+            lambda: setattr(_claim, "claim_due", claim_due),
+        ]
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for undo in self._undo:
+            undo()
+
+
 async def burn(
     dsn_admin: str,
     runs: int,
@@ -141,19 +199,23 @@ async def burn(
             deadline = time.perf_counter() + timeout
             if profiler is not None:
                 profiler.enable()
+            timeline = Timeline()
             wall_before, cpu_before = time.perf_counter(), time.process_time()
-            async with jd:
-                startup = time.process_time() - cpu_before
-                while (done := await poll.fetchval(JOBSD_FINISHED)) < runs:
-                    if time.perf_counter() > deadline:
-                        raise TimeoutError(f"{done} of {runs} runs complete after {timeout}s")
-                    await asyncio.sleep(BURN_POLL)
-                cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
-                if profiler is not None:
-                    profiler.disable()
-                server_after = server_cpu()
+            with timeline if profiler is None else contextlib.nullcontext(timeline):
+                async with jd:
+                    startup = time.process_time() - cpu_before
+                    while (done := await poll.fetchval(JOBSD_FINISHED)) < runs:
+                        if time.perf_counter() > deadline:
+                            raise TimeoutError(f"{done} of {runs} runs complete after {timeout}s")
+                        await asyncio.sleep(BURN_POLL)
+                    cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+                    if profiler is not None:
+                        profiler.disable()
+                    server_after = server_cpu()
             server = None if server_before is None or server_after is None else server_after - server_before
-            return Round(runs, cpu, startup, wall, server)
+            return Round(
+                runs, cpu, startup, wall, server, timeline.idle, timeline.idle_claiming, timeline.claims
+            )
         finally:
             if profiler is not None:
                 profiler.disable()
@@ -286,7 +348,8 @@ async def main() -> None:
         say(
             f"  round {index + 1}: Python CPU {r.cpu_us_per_run:5.1f} us/run "
             f"(start-up {r.startup_cpu_s * 1000:.0f} ms of it) | {r.runs / r.wall_s:7.0f} runs/s | "
-            f"postgres processes {server} us/run"
+            f"postgres processes {server} us/run | loop idle {r.idle_s / r.wall_s:.0%} of the window, "
+            f"{r.idle_claiming_s / r.wall_s:.0%} with one of {r.claims} claims in flight"
         )
     if rounds:
         cpu = [r.cpu_us_per_run for r in rounds]
