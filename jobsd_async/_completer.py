@@ -176,15 +176,15 @@ class Completer:
         self, row: RunRow, ending: Ending, owner_id: int, future: asyncio.Future[Written] | Reported
     ) -> None:
         revised = self._revise(row)
+        success = ending.outcome is Outcome.SUCCEEDED
+        follow_up = None
+        if revised is not None and not (success and revised.schedule is None):
+            # (A success of an unscheduled run, most runs, has no follow-up: not planned.)
+            follow_up = self.plan(revised, ending)
         item = Completion(
             row=row if revised is None else revised,
-            closing=Closing(
-                error=ending.error,
-                result=ending.result,
-                success=ending.outcome is Outcome.SUCCEEDED,
-                traceback=ending.traceback,
-            ),
-            follow_up=None if revised is None else self.plan(revised, ending),
+            closing=Closing(ending.error, ending.result, success, ending.traceback),
+            follow_up=follow_up,
             owner_id=owner_id,
         )
         pending = _Pending(item, ending, future, _size(item))
