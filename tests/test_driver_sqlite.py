@@ -331,9 +331,11 @@ async def test_without_returning_nothing_runs_on_the_driver(backend: str, make_j
         return await fetch(conn, statement, params, **kw)
 
     jd = make_jobsd(workers=2)
+    gate = asyncio.Event()
 
     @jd.job(name="echo")
     async def echo(value: int) -> int:
+        await gate.wait()  # the name stays taken until the second create
         return value
 
     with pytest.MonkeyPatch.context() as patch:
@@ -342,6 +344,7 @@ async def test_without_returning_nothing_runs_on_the_driver(backend: str, make_j
         async with jd:
             created = await echo.create_run(5).unique("only-one").run()
             again = await echo.create_run(6).unique("only-one").run()
+            gate.set()
             state = await jd.wait_for_run(created, timeout=10)
     assert again == created
     assert state.status is RunStatus.SUCCEEDED and state.result == 5

@@ -169,22 +169,22 @@ async def fetch(
         # execution compiles it for this one.
         return [make(row) for row in await conn.execute(statement.statement, params)]
     driver: Any = pooled.driver_connection
-    if sync.dialect.driver == "aiosqlite":
-        return await _fetch_sqlite(conn, driver, statement, params, arguments, make)
     try:
-        if statement._results is None:
-            prepared = await driver.prepare(statement.sql)
-            statement.learn([attribute.type.oid for attribute in prepared.get_attributes()])
-            records = await prepared.fetch(*arguments)
+        if sync.dialect.driver == "aiosqlite":
+            records = await _sqlite_records(conn, driver, statement, arguments)
         else:
-            records = await driver.fetch(statement.sql, *arguments)
-    except Exception as exc:
-        failure = await _failure(conn, pooled.dbapi_connection, statement.sql, arguments, exc)
-        if failure is exc:
-            raise
-        raise failure from getattr(failure, "orig", exc)
+            records = await _asyncpg_records(conn, pooled.dbapi_connection, driver, statement, arguments)
+    except _NotSent:
+        # Raised before the statement reached SQLite (a closed connection, aiosqlite's or
+        # SQLite's; parameters it cannot bind): SQLAlchemy's execution reports it as it
+        # always did, a closed connection as lost, and invalidated.
+        return [make(row) for row in await conn.execute(statement.statement, params)]
+    except Exception:
+        raise
     except BaseException:
-        # Interrupted (cancelled) mid-statement: the connection's state is unknown.
+        # Interrupted (cancelled) mid-statement: the connection's state is unknown, and on
+        # SQLite aiosqlite's thread still runs the statement, which nobody may commit: the
+        # connection is not used again (closing it, after the statement, rolls it back).
         with contextlib.suppress(Exception):
             await asyncio.shield(conn.invalidate())
         raise
@@ -192,38 +192,41 @@ async def fetch(
     return [row(record, make) for record in records]
 
 
-async def _fetch_sqlite(
-    conn: AsyncConnection,
-    driver: Any,
-    statement: DriverStatement,
-    params: Mapping[str, Any],
-    arguments: list[Any],
-    make: Callable[[Iterable[Any]], Any],
-) -> list[Any]:
-    """:func:`fetch` on aiosqlite: one call to its thread."""
+class _NotSent(Exception):
+    """The driver refused a statement before it reached the database."""
+
+
+async def _asyncpg_records(
+    conn: AsyncConnection, adapted: Any, driver: Any, statement: DriverStatement, arguments: list[Any]
+) -> Any:
+    try:
+        if statement._results is None:
+            prepared = await driver.prepare(statement.sql)
+            statement.learn([attribute.type.oid for attribute in prepared.get_attributes()])
+            return await prepared.fetch(*arguments)
+        return await driver.fetch(statement.sql, *arguments)
+    except Exception as exc:
+        failure = await _failure(conn, adapted, statement.sql, arguments, exc)
+        if failure is exc:
+            raise
+        raise failure from getattr(failure, "orig", exc)
+
+
+async def _sqlite_records(
+    conn: AsyncConnection, driver: Any, statement: DriverStatement, arguments: list[Any]
+) -> Any:
+    """One call to aiosqlite's thread."""
     if statement._results is None:
         statement.learn([None] * len(statement.keys))  # (SQLite reports no column types)
     try:
-        records = await driver.execute_fetchall(statement.sql, arguments)
-    except (ValueError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-        # Raised before the statement reached SQLite (a closed connection, aiosqlite's or
-        # SQLite's; parameters it cannot bind): SQLAlchemy's execution reports it as it
-        # always did, a closed connection as lost, and invalidated.
-        return [make(row) for row in await conn.execute(statement.statement, params)]
+        return await driver.execute_fetchall(statement.sql, arguments)
+    except (ValueError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
+        raise _NotSent from exc
     except Exception as exc:
         refused = sqlite_refusal(conn, exc, statement.sql, arguments)
         if refused is not None:
             raise refused from exc
         raise  # not the database's (text that cannot be encoded): as SQLAlchemy lets it through
-    except BaseException:
-        # Interrupted (cancelled): aiosqlite's thread still runs the statement, which must
-        # not be committed by whoever holds the connection: it is not used again (closing
-        # it, after the statement, rolls it back).
-        with contextlib.suppress(Exception):
-            await asyncio.shield(conn.invalidate())
-        raise
-    row = statement.row
-    return [row(record, make) for record in records]
 
 
 async def _failure(
