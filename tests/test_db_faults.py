@@ -15,12 +15,14 @@ import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from conftest import BACKENDS, drop_tables, eventually, fetch_runs
 from faultproxy import FaultProxy
+from sqlalchemy import func, text
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -229,6 +231,60 @@ async def test_a_run_created_for_others_whose_insert_answer_is_lost_runs_once(
     assert state.status is RunStatus.SUCCEEDED and state.result == "done"
     assert [(r["id"], r["run_completed_error"]) for r in rows] == [(run_id, None)]
     assert ran == [run_id]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+async def test_an_insert_run_again_while_the_lost_ones_run_closes_finds_that_run(
+    engine: AsyncEngine, table_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The insert run again after a lost answer while the row the lost one wrote is being
+    closed (another instance ran it): the statement's ``NOT EXISTS`` still sees that row
+    open, and its ``ON CONFLICT`` then finds the name free.  It must not start a second
+    chain.  The closing is held in a transaction until the insert waits on it."""
+    producer = JobsD(engine, table_prefix=table_prefix, workers=0, heartbeat_interval=5, timeout_check=5)
+    job = producer.register_job("work", recording([]))
+    firsts: list[tuple[Any, dict[str, Any]]] = []
+    insert_unique = _create.insert_unique
+
+    async def keeping(store: Any, conn: AsyncConnection, values: dict[str, Any], **kwargs: Any) -> Any:
+        firsts.append((store, values))
+        return await insert_unique(store, conn, values, **kwargs)
+
+    monkeypatch.setattr(_create, "insert_unique", keeping)
+    try:
+        async with producer:
+            run_id = await job.create_run("x").run()
+            store, values = firsts[0]
+            runs = store.runs
+            closing = await engine.connect()
+            again = await engine.connect()
+            try:
+                await again.execution_options(isolation_level="AUTOCOMMIT")
+                pid = (await again.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+                await closing.execute(
+                    runs.update()
+                    .where(runs.c.id == run_id)
+                    .values(name_active=None, run_completed_at=func.now(), run_success_count=1)
+                )
+                since = datetime.now(UTC) - timedelta(seconds=10)
+                inserting = asyncio.create_task(insert_unique(store, again, values, landed_since=since))
+
+                async def waiting_on_the_closing() -> bool:
+                    async with engine.connect() as watcher:
+                        query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"
+                        return (await watcher.execute(text(query), {"pid": pid})).scalar() == "Lock"
+
+                await eventually(waiting_on_the_closing, what="the insert waits on the closing")
+                await closing.commit()
+                found, inserted = await asyncio.wait_for(inserting, 10)
+            finally:
+                await closing.close()
+                await again.close()
+            rows = await fetch_runs(producer)
+    finally:
+        await drop_tables(engine, producer)
+    assert (found, inserted) == (run_id, False)
+    assert [r["id"] for r in rows] == [run_id], "a second chain was started"
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])

@@ -140,6 +140,8 @@ async def _insert_first(
     store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool
 ) -> tuple[Mapping[Any, Any] | None, int]:
     """(The inserted row, its id), or (None, the active chain's run id) if the name is taken."""
+    if LANDED_SINCE in values:
+        return await _insert_first_again(store, conn, values, whole_row=whole_row)
     for _ in range(_MAX_INSERT_ATTEMPTS):
         row = await _insert_if_name_free(store, conn, values, whole_row=whole_row)
         if row is not None:
@@ -147,11 +149,45 @@ async def _insert_first(
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return None, existing
-        if LANDED_SINCE in values:
-            landed = {LANDED_SINCE: values[LANDED_SINCE], "name": values["name"]}
-            ended = (await conn.execute(_landed_statement(store), landed)).first()
-            if ended is not None:
-                return None, int(ended.id)
+    raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
+
+
+class _LandedMeanwhile(Exception):
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+
+
+async def _insert_first_again(
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool
+) -> tuple[Mapping[Any, Any] | None, int]:
+    """:func:`_insert_first` run again after a lost answer (PostgreSQL, autocommit), in a
+    transaction of its own: a row it inserts is kept only if the lost insert's row is not
+    found closed afterwards.
+
+    The statement alone can miss that row when it closes while the statement runs: its
+    ``NOT EXISTS`` reads the snapshot the statement started with (the row still open), and
+    its ``ON CONFLICT`` waits for the closing transaction and then finds the name free.
+    Once this row holds the name, the lost insert's row cannot take it any more: a check
+    after the insert, on a snapshot of its own, sees that row closed, or it never lands.
+    """
+    landed = {LANDED_SINCE: values[LANDED_SINCE], "name": values["name"]}
+    try:
+        async with store.dialect.transaction_on(conn):
+            for _ in range(_MAX_INSERT_ATTEMPTS):
+                row = await _insert_if_name_free(store, conn, values, whole_row=whole_row)
+                if row is not None:
+                    ended = (await conn.execute(_landed_statement(store), landed)).first()
+                    if ended is not None:
+                        raise _LandedMeanwhile(int(ended.id))  # (rolls the insert back)
+                    return row, int(row["id"])
+                existing = await active_run_id(store, conn, values["name_active"])
+                if existing is not None:
+                    return None, existing
+                ended = (await conn.execute(_landed_statement(store), landed)).first()
+                if ended is not None:
+                    return None, int(ended.id)
+    except _LandedMeanwhile as meanwhile:
+        return None, meanwhile.run_id
     raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
 
 
