@@ -271,12 +271,16 @@ async def test_an_insert_run_again_while_the_lost_ones_run_closes_finds_that_run
 
                 async def waiting_on_the_closing() -> bool:
                     async with engine.connect() as watcher:
-                        query = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"
-                        return (await watcher.execute(text(query), {"pid": pid})).scalar() == "Lock"
+                        query = "SELECT wait_event FROM pg_stat_activity WHERE pid = :pid"
+                        return (await watcher.execute(text(query), {"pid": pid})).scalar() == "transactionid"
 
-                await eventually(waiting_on_the_closing, what="the insert waits on the closing")
-                await closing.commit()
-                found, inserted = await asyncio.wait_for(inserting, 10)
+                try:
+                    await eventually(waiting_on_the_closing, what="the insert waits on the closing")
+                    await closing.commit()
+                    found, inserted = await asyncio.wait_for(inserting, 10)
+                finally:
+                    inserting.cancel()
+                    await asyncio.gather(inserting, return_exceptions=True)
             finally:
                 await closing.close()
                 await again.close()

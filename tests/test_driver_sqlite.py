@@ -342,9 +342,11 @@ async def test_without_returning_nothing_runs_on_the_driver(backend: str, make_j
         patch.setattr(Dialect, "detect", without_returning)
         patch.setattr(_driver, "fetch", fetching)
         async with jd:
-            created = await echo.create_run(5).unique("only-one").run()
-            again = await echo.create_run(6).unique("only-one").run()
-            gate.set()
+            try:
+                created = await echo.create_run(5).unique("only-one").run()
+                again = await echo.create_run(6).unique("only-one").run()
+            finally:
+                gate.set()
             state = await jd.wait_for_run(created, timeout=10)
     assert again == created
     assert state.status is RunStatus.SUCCEEDED and state.result == 5

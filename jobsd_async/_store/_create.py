@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import ReturnsRows
 
@@ -70,7 +71,9 @@ async def insert_unique(
         values = {**values, LANDED_SINCE: landed_since}
     row, run_id = await _insert_first(store, conn, values, whole_row=False)
     if row is None and landed_since is not None:
-        await notify_new(store, conn)
+        # Best effort: instances that miss it find the run when they poll.
+        with contextlib.suppress(SQLAlchemyError):
+            await notify_new(store, conn)
     return run_id, row is not None
 
 
@@ -173,6 +176,9 @@ async def _insert_first_again(
     landed = {LANDED_SINCE: values[LANDED_SINCE], "name": values["name"]}
     try:
         async with store.dialect.transaction_on(conn):
+            # The check after the insert needs a snapshot of its own, whatever isolation
+            # the server's or the role's default is.
+            await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             for _ in range(_MAX_INSERT_ATTEMPTS):
                 row = await _insert_if_name_free(store, conn, values, whole_row=whole_row)
                 if row is not None:
