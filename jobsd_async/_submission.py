@@ -149,7 +149,10 @@ class Submitter:
             # The first insert landed and its answer was lost.  Its row, if still claimed
             # here and never started, goes back to pending at once rather than when the
             # resurrector hands it over (which it still does if this fails): whoever holds
-            # it now, it is the run.
+            # it now, it is the run.  (Not if it runs here: its queue was paused, and this
+            # instance claimed it since.)
+            if dispatcher.pool is not None and dispatcher.pool.is_tracking(run_id):
+                return run_id, True
             with contextlib.suppress(StoreError):
                 await wrap_errors(
                     store.dialect.retrying(

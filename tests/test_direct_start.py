@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobsd_async import RunInfo, RunStatus, _dispatcher
+from jobsd_async._store import _create
 
 
 @contextmanager
@@ -168,3 +169,38 @@ async def test_a_direct_start_landing_after_down_is_handed_back_not_run(
     assert state.status is RunStatus.SUCCEEDED
     assert ran_on == [-1], "the run started on the instance that had gone down"
     assert state.run_total_count == 1
+
+
+async def test_a_lost_insert_whose_row_runs_here_since_is_not_handed_back(make_jobsd: MakeJobsD) -> None:
+    """An insert run again after a lost answer finds the row the lost one wrote (SPEC §3.8).
+    When that row runs here by then (its queue was paused, and this instance claimed it
+    since), it is the run: it is not handed back to pending, which would run it twice."""
+    jd = make_jobsd(workers=2)
+    release, started = asyncio.Event(), asyncio.Event()
+
+    @jd.job(name="held")
+    async def held() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    async with jd:
+        running = await held.create_run().run()
+        await started.wait()
+        insert_claimed = _create.insert_claimed
+
+        async def found_the_lost_row(*args: object, **kwargs: object) -> tuple[None, int]:
+            return None, running  # as the insert run again returns the lost insert's row
+
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(_create, "insert_claimed", found_the_lost_row)
+                assert await held.create_run().run() == running
+            [row] = await fetch_runs(jd)
+            assert row["run_started_by"] == jd.instance_id, "the running row was handed back"
+            assert row["run_started_at"] is not None
+        finally:
+            release.set()
+        state = await jd.wait_for_run(running, timeout=10)
+        assert _create.insert_claimed is insert_claimed
+    assert state.status is RunStatus.SUCCEEDED and state.run_total_count == 1
