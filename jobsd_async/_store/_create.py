@@ -145,6 +145,14 @@ async def _insert_first(
     """(The inserted row, its id), or (None, the active chain's run id) if the name is taken."""
     if LANDED_SINCE in values:
         return await _insert_first_again(store, conn, values, whole_row=whole_row)
+    return await _insert_or_find(store, conn, values, whole_row=whole_row)
+
+
+async def _insert_or_find(
+    store: Store, conn: AsyncConnection, values: dict[str, Any], *, whole_row: bool
+) -> tuple[Mapping[Any, Any] | None, int]:
+    """One try of :func:`_insert_first`; with ``LANDED_SINCE``, a first row of its name
+    closed since then is found too."""
     for _ in range(_MAX_INSERT_ATTEMPTS):
         row = await _insert_if_name_free(store, conn, values, whole_row=whole_row)
         if row is not None:
@@ -152,6 +160,10 @@ async def _insert_first(
         existing = await active_run_id(store, conn, values["name_active"])
         if existing is not None:
             return None, existing
+        if LANDED_SINCE in values:
+            ended = await _landed_run_id(store, conn, values)
+            if ended is not None:
+                return None, ended
     raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
 
 
@@ -173,28 +185,24 @@ async def _insert_first_again(
     Once this row holds the name, the lost insert's row cannot take it any more: a check
     after the insert, on a snapshot of its own, sees that row closed, or it never lands.
     """
-    landed = {LANDED_SINCE: values[LANDED_SINCE], "name": values["name"]}
     try:
         async with store.dialect.transaction_on(conn):
             # The check after the insert needs a snapshot of its own, whatever isolation
             # the server's or the role's default is.
             await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            for _ in range(_MAX_INSERT_ATTEMPTS):
-                row = await _insert_if_name_free(store, conn, values, whole_row=whole_row)
-                if row is not None:
-                    ended = (await conn.execute(_landed_statement(store), landed)).first()
-                    if ended is not None:
-                        raise _LandedMeanwhile(int(ended.id))  # (rolls the insert back)
-                    return row, int(row["id"])
-                existing = await active_run_id(store, conn, values["name_active"])
-                if existing is not None:
-                    return None, existing
-                ended = (await conn.execute(_landed_statement(store), landed)).first()
-                if ended is not None:
-                    return None, int(ended.id)
+            row, run_id = await _insert_or_find(store, conn, values, whole_row=whole_row)
+            if row is not None and (ended := await _landed_run_id(store, conn, values)) is not None:
+                raise _LandedMeanwhile(ended)  # (rolls the insert back)
+            return row, run_id
     except _LandedMeanwhile as meanwhile:
         return None, meanwhile.run_id
-    raise StoreError(f"unique name {values['name_active']!r} kept changing hands; try again")
+
+
+async def _landed_run_id(store: Store, conn: AsyncConnection, values: dict[str, Any]) -> int | None:
+    """The id of a first row of the name in ``values`` closed since ``LANDED_SINCE``."""
+    landed = {LANDED_SINCE: values[LANDED_SINCE], "name": values["name"]}
+    ended = (await conn.execute(_landed_statement(store), landed)).first()
+    return None if ended is None else int(ended.id)
 
 
 async def insert_many(store: Store, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:

@@ -360,34 +360,43 @@ async def _begin_immediate(conn: AsyncConnection) -> None:
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
         return
     try:
-        await driver.execute_fetchall("BEGIN IMMEDIATE")
-    except Exception as exc:
-        refused = sqlite_refusal(conn, exc, "BEGIN IMMEDIATE", ())
-        if refused is not None:  # a busy file: as SQLAlchemy would raise it, which retries know
-            raise refused from exc
+        await sqlite_execute(conn, driver, "BEGIN IMMEDIATE", ())
+    except NotSent:
         # A closed connection (aiosqlite's, or SQLite's): SQLAlchemy's execution reports it
         # as lost and invalidates it, as it always did.
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def sqlite_refusal(conn: AsyncConnection, exc: Exception, sql: str, parameters: Any) -> DBAPIError | None:
-    """``exc``, raised by aiosqlite for a statement sent to it directly, as SQLAlchemy's
-    execution would raise it, if SQLite refused the statement (a busy file, a constraint);
-    None for anything raised before the statement reached SQLite (a closed connection, a
-    value that cannot be bound), which SQLAlchemy's execution reports as it always did."""
-    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.ProgrammingError):
-        return None
-    sync = conn.sync_connection
-    error = DBAPIError.instance(
-        sql,
-        parameters,
-        exc,
-        sqlite3.Error,
-        hide_parameters=sync is not None and sync.engine.hide_parameters,
-        dialect=conn.dialect,
-    )
-    assert isinstance(error, DBAPIError)  # (SQLite's errors are the DB-API's)
-    return error
+class NotSent(Exception):
+    """The driver refused a statement before it reached the database."""
+
+
+async def sqlite_execute(conn: AsyncConnection, driver: Any, sql: str, parameters: Any) -> Any:
+    """``sql`` sent to ``conn``'s aiosqlite connection ``driver`` in one call to its thread;
+    its rows.
+
+    SQLite's refusals (a busy file, a constraint) are raised as SQLAlchemy's execution
+    raises them.  What is raised before the statement reaches SQLite (a closed connection,
+    aiosqlite's or SQLite's; parameters it cannot bind or encode) becomes :class:`NotSent`,
+    for the caller to run the statement through SQLAlchemy, which reports it as it always
+    did.  Anything else is raised as is, as SQLAlchemy lets it through.
+    """
+    try:
+        return await driver.execute_fetchall(sql, parameters)
+    except (ValueError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
+        raise NotSent from exc
+    except sqlite3.DatabaseError as exc:
+        sync = conn.sync_connection
+        error = DBAPIError.instance(
+            sql,
+            parameters,
+            exc,
+            sqlite3.Error,
+            hide_parameters=sync is not None and sync.engine.hide_parameters,
+            dialect=conn.dialect,
+        )
+        assert isinstance(error, DBAPIError)  # (SQLite's errors are the DB-API's)
+        raise error from exc
 
 
 def unobserved(conn: AsyncConnection) -> bool:

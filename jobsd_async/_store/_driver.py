@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast, overload
 
@@ -40,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, ColumnElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from ._dialect import autocommits, sqlite_refusal, unobserved
+from ._dialect import NotSent, autocommits, sqlite_execute, unobserved
 
 Processor = Callable[[Any], Any]
 R = TypeVar("R")
@@ -167,18 +166,18 @@ async def fetch(
     if sync.dialect is not statement._dialect:
         # Compiled for another engine's dialect (a caller's connection): SQLAlchemy's
         # execution compiles it for this one.
-        return [make(row) for row in await conn.execute(statement.statement, params)]
+        return await _through_sqlalchemy(conn, statement, params, make)
     driver: Any = pooled.driver_connection
     try:
         if sync.dialect.driver == "aiosqlite":
-            records = await _sqlite_records(conn, driver, statement, arguments)
+            if statement._results is None:
+                statement.learn([None] * len(statement.keys))  # (SQLite reports no column types)
+            records = await sqlite_execute(conn, driver, statement.sql, arguments)
         else:
             records = await _asyncpg_records(conn, pooled.dbapi_connection, driver, statement, arguments)
-    except _NotSent:
-        # Raised before the statement reached SQLite (a closed connection, aiosqlite's or
-        # SQLite's; parameters it cannot bind): SQLAlchemy's execution reports it as it
-        # always did, a closed connection as lost, and invalidated.
-        return [make(row) for row in await conn.execute(statement.statement, params)]
+    except NotSent:
+        # (A closed connection is then reported lost, and invalidated.)
+        return await _through_sqlalchemy(conn, statement, params, make)
     except Exception:
         raise
     except BaseException:
@@ -192,8 +191,13 @@ async def fetch(
     return [row(record, make) for record in records]
 
 
-class _NotSent(Exception):
-    """The driver refused a statement before it reached the database."""
+async def _through_sqlalchemy(
+    conn: AsyncConnection,
+    statement: DriverStatement,
+    params: Mapping[str, Any],
+    make: Callable[[Iterable[Any]], Any],
+) -> list[Any]:
+    return [make(row) for row in await conn.execute(statement.statement, params)]
 
 
 async def _asyncpg_records(
@@ -210,23 +214,6 @@ async def _asyncpg_records(
         if failure is exc:
             raise
         raise failure from getattr(failure, "orig", exc)
-
-
-async def _sqlite_records(
-    conn: AsyncConnection, driver: Any, statement: DriverStatement, arguments: list[Any]
-) -> Any:
-    """One call to aiosqlite's thread."""
-    if statement._results is None:
-        statement.learn([None] * len(statement.keys))  # (SQLite reports no column types)
-    try:
-        return await driver.execute_fetchall(statement.sql, arguments)
-    except (ValueError, sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
-        raise _NotSent from exc
-    except Exception as exc:
-        refused = sqlite_refusal(conn, exc, statement.sql, arguments)
-        if refused is not None:
-            raise refused from exc
-        raise  # not the database's (text that cannot be encoded): as SQLAlchemy lets it through
 
 
 async def _failure(
