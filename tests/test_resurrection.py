@@ -144,16 +144,21 @@ async def test_rows_with_an_unknown_schedule_are_left_to_others(make_jobsd: Make
 
 @pytest.mark.cluster
 async def test_concurrent_resurrectors_make_one_follow_up_each(make_jobsd: MakeJobsD) -> None:
+    # The orphans are all written while no resurrector runs: a plain insert racing a
+    # resurrector's completion can deadlock on InnoDB's gap locks, and only jobsd's own
+    # transactions are retried after a deadlock.
+    tables = make_jobsd(workers=0)
+    await tables.up()
+    await tables.down()
+    ids = [
+        await insert_running_row(tables, job="work", schedule="every_100ms" if i % 2 else None)
+        for i in range(20)
+    ]
     instances = [resurrecting(make_jobsd, workers=0) for _ in range(5)]
     for jd in instances:
         jd.register_job("work", lambda: None)
         jd.register_schedule("every_100ms", every_100ms)
-    await instances[0].up()
-    ids = [
-        await insert_running_row(instances[0], job="work", schedule="every_100ms" if i % 2 else None)
-        for i in range(20)
-    ]
-    await asyncio.gather(*(jd.up() for jd in instances[1:]))
+    await asyncio.gather(*(jd.up() for jd in instances))
 
     async def all_taken() -> bool:
         rows = await fetch_runs(instances[0])
