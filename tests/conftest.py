@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Insert
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD
@@ -204,6 +205,20 @@ async def insert_row(jd: JobsD, *, job: str, **values: Any) -> int:
         "created_by": 1,
         **values,
     }
-    async with jd.engine.begin() as conn:
-        result = await conn.execute(runs.insert().values(row))
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+    return await insert_as_an_outsider(jd.engine, runs.insert().values(row))
+
+
+async def insert_as_an_outsider(engine: AsyncEngine, statement: Insert) -> int:
+    """Run ``statement`` in a transaction of its own and return the new row's id; again after
+    a deadlock or a lock wait timeout, as any careful writer does (on InnoDB a plain insert
+    can deadlock with a running instance's writes over gap locks)."""
+    for attempt in range(10):
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(statement)
+                return int(result.inserted_primary_key[0])  # type: ignore[index]
+        except DBAPIError as exc:
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if engine.dialect.name != "mysql" or code not in (1205, 1213) or attempt == 9:
+                raise
+    raise AssertionError("unreachable")

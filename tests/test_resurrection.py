@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import MakeJobsD, eventually, fetch_runs, jd_prefix
+from conftest import MakeJobsD, eventually, fetch_runs, insert_as_an_outsider, jd_prefix
 from sqlalchemy import insert, update
 
 from jobsd_async import JobsD, RunInfo, RunStatus
@@ -35,30 +35,29 @@ async def insert_running_row(
     runs = jd.metadata.tables[f"{jd_prefix(jd)}runs"]
     now = datetime.now(UTC)
     name = name or f"orphan-{now.timestamp()}-{id(object())}"
-    async with jd.engine.begin() as conn:
-        result = await conn.execute(
-            insert(runs).values(
-                name=name,
-                name_active=name,
-                job=job,
-                job_args="[]",
-                job_kwargs="{}",
-                delay=0.0,
-                run_at=now - timedelta(seconds=5),
-                run_total_count=1,
-                run_success_limit=limit,
-                run_started_at=now - timedelta(seconds=5),
-                run_started_by=owner,
-                run_timeout=1800.0,
-                run_timeout_at=timeout_at or now + timedelta(minutes=30),
-                retries_on_error_limit=3,
-                retries_on_timeout_limit=retries_timeout_limit,
-                schedule=schedule,
-                created_at=now - timedelta(seconds=5),
-                created_by=owner,
-            )
-        )
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+    return await insert_as_an_outsider(
+        jd.engine,
+        insert(runs).values(
+            name=name,
+            name_active=name,
+            job=job,
+            job_args="[]",
+            job_kwargs="{}",
+            delay=0.0,
+            run_at=now - timedelta(seconds=5),
+            run_total_count=1,
+            run_success_limit=limit,
+            run_started_at=now - timedelta(seconds=5),
+            run_started_by=owner,
+            run_timeout=1800.0,
+            run_timeout_at=timeout_at or now + timedelta(minutes=30),
+            retries_on_error_limit=3,
+            retries_on_timeout_limit=retries_timeout_limit,
+            schedule=schedule,
+            created_at=now - timedelta(seconds=5),
+            created_by=owner,
+        ),
+    )
 
 
 def resurrecting(make_jobsd: MakeJobsD, **options: Any) -> JobsD:
@@ -144,9 +143,7 @@ async def test_rows_with_an_unknown_schedule_are_left_to_others(make_jobsd: Make
 
 @pytest.mark.cluster
 async def test_concurrent_resurrectors_make_one_follow_up_each(make_jobsd: MakeJobsD) -> None:
-    # The orphans are all written while no resurrector runs: a plain insert racing a
-    # resurrector's completion can deadlock on InnoDB's gap locks, and only jobsd's own
-    # transactions are retried after a deadlock.
+    # Every orphan exists before the resurrectors start: all five compete for all twenty.
     tables = make_jobsd(workers=0)
     await tables.up()
     await tables.down()
