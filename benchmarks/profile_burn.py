@@ -2,7 +2,7 @@
 
     python benchmarks/profile_burn.py [--runs 20000] [--rounds 3] [--top 30]
                                       [--output report.txt] [--stats burn.prof] [--no-profile]
-                                      [--freeze]
+                                      [--freeze] [--backend postgresql|mariadb]
 
 Runs with the project's venv; ``jobsd_async`` is imported from the checkout this script lives
 in (its root goes first on ``sys.path``), and the path and commit are printed.
@@ -13,7 +13,9 @@ helper as ``peers.py``, after a ``CHECKPOINT``): ``--runs`` pending no-op runs a
 ``workers=--workers`` (100) and default settings drains them, in this process. The window runs
 from starting that instance until the runs table records every run complete (``count(*)``
 polled every 20 ms on a raw asyncpg connection, as ``peers.py`` does); the instance's
-shutdown is outside it. Per round:
+shutdown is outside it. With ``--backend mariadb`` the same runs on MariaDB (``--mariadb-dsn``,
+a ``peers_<random>`` database; the count polled through a second SQLAlchemy engine, as
+``peers.py`` does there), and the server's CPU is that of the ``mariadbd`` process. Per round:
 
 - **Python CPU per run**: ``time.process_time()`` over the window / runs. That is this
   process's user + system CPU, so it includes the instance's start-up (printed separately,
@@ -59,7 +61,7 @@ import sys
 import sysconfig
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +74,7 @@ from peers import (
     jobsd_enqueue,
     jobsd_instance,
     scratch_database,
+    scratch_mariadb,
     with_scheme,
 )
 
@@ -105,8 +108,12 @@ class Round:
         return None if self.server_cpu_s is None else self.server_cpu_s / self.runs * 1e6
 
 
-def server_cpu() -> float | None:
-    """CPU seconds used so far by every ``postgres`` process on this host (None if unreadable)."""
+SERVER_PROCESSES = {"postgresql": ("postgres",), "mariadb": ("mariadbd", "mysqld")}
+
+
+def server_cpu(names: tuple[str, ...]) -> float | None:
+    """CPU seconds used so far by every process of one of these names on this host (None if
+    unreadable)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     seen = False
@@ -119,7 +126,7 @@ def server_cpu() -> float | None:
             continue
         # The command name is in parentheses and may contain spaces: split after it.
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name != "postgres":
+        if name not in names:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
@@ -175,8 +182,42 @@ class Timeline:
             undo()
 
 
+@contextlib.asynccontextmanager
+async def scratch(
+    backend: str, admin: str
+) -> AsyncIterator[tuple[AsyncEngine, Callable[[], Awaitable[int]]]]:
+    """An engine on a database of the round's own, and how to count the finished runs in it."""
+    if backend == "postgresql":
+        import asyncpg
+
+        async with scratch_database(admin) as dsn:
+            poll = await asyncpg.connect(dsn)
+            engine = jobsd_engine(with_scheme(dsn, "postgresql+asyncpg"))
+            try:
+                yield engine, lambda: poll.fetchval(JOBSD_FINISHED)
+            finally:
+                await engine.dispose()
+                await poll.close()
+        return
+    from sqlalchemy import text
+
+    async with scratch_mariadb(admin) as url:
+        engine, counter = jobsd_engine(url), jobsd_engine(url)
+
+        async def count() -> int:
+            async with counter.connect() as conn:  # a transaction, so a snapshot, per poll
+                return int((await conn.execute(text(JOBSD_FINISHED))).scalar_one())
+
+        try:
+            yield engine, count
+        finally:
+            await counter.dispose()
+            await engine.dispose()
+
+
 async def burn(
-    dsn_admin: str,
+    backend: str,
+    admin: str,
     runs: int,
     workers: int,
     timeout: float,
@@ -184,18 +225,15 @@ async def burn(
     *,
     freeze: bool = False,
 ) -> Round:
-    import asyncpg
-
-    async with scratch_database(dsn_admin) as dsn:
-        poll = await asyncpg.connect(dsn)
-        engine: AsyncEngine = jobsd_engine(with_scheme(dsn, "postgresql+asyncpg"))
+    async with scratch(backend, admin) as (engine, count):
         try:
             await jobsd_enqueue(engine, runs)
             jd, _ = jobsd_instance(engine, workers=workers)
             gc.collect()
             if freeze:  # as ``jobsd worker`` does once up: the heap so far leaves full collections
                 gc.freeze()
-            server_before = server_cpu()
+            processes = SERVER_PROCESSES[backend]
+            server_before = server_cpu(processes)
             deadline = time.perf_counter() + timeout
             if profiler is not None:
                 profiler.enable()
@@ -204,14 +242,14 @@ async def burn(
             with timeline if profiler is None else contextlib.nullcontext(timeline):
                 async with jd:
                     startup = time.process_time() - cpu_before
-                    while (done := await poll.fetchval(JOBSD_FINISHED)) < runs:
+                    while (done := await count()) < runs:
                         if time.perf_counter() > deadline:
                             raise TimeoutError(f"{done} of {runs} runs complete after {timeout}s")
                         await asyncio.sleep(BURN_POLL)
                     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
                     if profiler is not None:
                         profiler.disable()
-                    server_after = server_cpu()
+                    server_after = server_cpu(processes)
             server = None if server_before is None or server_after is None else server_after - server_before
             return Round(
                 runs, cpu, startup, wall, server, timeline.idle, timeline.idle_claiming, timeline.claims
@@ -220,8 +258,6 @@ async def burn(
             if profiler is not None:
                 profiler.disable()
             gc.unfreeze()
-            await engine.dispose()
-            await poll.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +347,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--backend", choices=tuple(SERVER_PROCESSES), default="postgresql")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test", help="admin DSN")
+    parser.add_argument("--mariadb-dsn", default="mysql://root@127.0.0.1:3306/test", help="admin DSN")
     parser.add_argument("--runs", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3, help="unprofiled rounds (0: profile only)")
     parser.add_argument("--workers", type=int, default=100)
@@ -326,6 +364,7 @@ async def main() -> None:
     parser.add_argument("--stats", type=Path, help="write the raw cProfile stats here")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
+    admin = args.dsn if args.backend == "postgresql" else args.mariadb_dsn
 
     import jobsd_async
 
@@ -339,16 +378,18 @@ async def main() -> None:
     say(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {os.getloadavg()}")
     say(f"jobsd_async from {Path(jobsd_async.__file__).parent} at {git('rev-parse', 'HEAD')}{dirty}")
     frozen = ", heap frozen as by jobsd worker" if args.freeze else ""
-    say(f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, PostgreSQL{frozen}")
+    server_name = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}[args.backend]
+    say(f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, {server_name}{frozen}")
     rounds: list[Round] = []
     for index in range(args.rounds):
-        r = await burn(args.dsn, args.runs, args.workers, args.timeout, None, freeze=args.freeze)
+        r = await burn(args.backend, admin, args.runs, args.workers, args.timeout, None, freeze=args.freeze)
         rounds.append(r)
         server = f"{r.server_us_per_run:.0f}" if r.server_us_per_run is not None else "?"
         say(
             f"  round {index + 1}: Python CPU {r.cpu_us_per_run:5.1f} us/run "
             f"(start-up {r.startup_cpu_s * 1000:.0f} ms of it) | {r.runs / r.wall_s:7.0f} runs/s | "
-            f"postgres processes {server} us/run | loop idle {r.idle_s / r.wall_s:.0%} of the window, "
+            f"{server_name} processes {server} us/run | "
+            f"loop idle {r.idle_s / r.wall_s:.0%} of the window, "
             f"{r.idle_claiming_s / r.wall_s:.0%} with one of {r.claims} claims in flight"
         )
     if rounds:
@@ -357,7 +398,9 @@ async def main() -> None:
         say(f"Python CPU per run: median {median:.1f} us (rounds {low:.1f}-{high:.1f})")
     if not args.no_profile:
         profiler = cProfile.Profile()
-        r = await burn(args.dsn, args.runs, args.workers, args.timeout, profiler, freeze=args.freeze)
+        r = await burn(
+            args.backend, admin, args.runs, args.workers, args.timeout, profiler, freeze=args.freeze
+        )
         say(f"profiled round: Python CPU {r.cpu_us_per_run:.1f} us/run under cProfile")
         if args.stats:
             profiler.dump_stats(args.stats)
