@@ -270,12 +270,12 @@ def short_path(path: str) -> str:
     """A file name short enough to read, long enough to tell packages apart."""
     if path.startswith(("~", "<")):
         return path
+    if "site-packages/" in path:  # (before the checkout's root: its .venv may be inside it)
+        return path.split("site-packages/", 1)[1]
     resolved = Path(path)
     for base in (ROOT, STDLIB):
         if resolved.is_relative_to(base):
             return str(resolved.relative_to(base))
-    if "site-packages/" in path:
-        return path.split("site-packages/", 1)[1]
     return path
 
 
