@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from conftest import MakeJobsD, fetch_runs
-from sqlalchemy import insert
+from conftest import MakeJobsD, fetch_runs, insert_row
 
 from jobsd_async import RunInfo, RunStatus
 
@@ -169,23 +168,8 @@ async def test_w3_own_rows_are_polled(make_jobsd: MakeJobsD) -> None:
     ran = asyncio.Event()
     jd.register_job("mark", ran.set)
     async with jd:
-        runs = jd.metadata.tables[next(n for n in jd.metadata.tables if n.endswith("runs"))]
-        now = datetime.now(UTC)
-        async with jd.engine.begin() as conn:  # a row of ours that the local queue never saw
-            await conn.execute(
-                insert(runs).values(
-                    name="orphan",
-                    name_active="orphan",
-                    job="mark",
-                    job_args="[]",
-                    job_kwargs="{}",
-                    delay=0.0,
-                    run_at=now - timedelta(seconds=1),
-                    run_success_limit=1,
-                    created_at=now,
-                    created_by=jd.instance_id,
-                )
-            )
+        # A row of ours that the local queue never saw.
+        await insert_row(jd, job="mark", created_by=jd.instance_id)
         async with asyncio.timeout(10):
             await ran.wait()
 
