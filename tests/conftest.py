@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -219,6 +220,7 @@ async def insert_as_an_outsider(engine: AsyncEngine, statement: Insert) -> int:
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
         except DBAPIError as exc:
             code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-            if engine.dialect.name != "mysql" or code not in (1205, 1213) or attempt == 9:
+            if engine.dialect.name not in ("mysql", "mariadb") or code not in (1205, 1213) or attempt == 9:
                 raise
+        await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
     raise AssertionError("unreachable")
