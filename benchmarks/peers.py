@@ -438,23 +438,34 @@ async def child_jobsd(settings: Settings) -> Outcome:
     return out
 
 
-async def jobsd_other_backend(url: str, settings: Settings, out: Outcome) -> None:
+@contextlib.asynccontextmanager
+async def jobsd_finished_counter(url: str) -> AsyncIterator[tuple[AsyncEngine, Count]]:
+    """An engine of its own on ``url`` (for other statements too), and a count of the finished
+    runs through it: a connection (so a transaction, so a snapshot) per poll."""
     from sqlalchemy import text
 
-    engine = jobsd_engine(url)
     counter = jobsd_engine(url)
 
     async def count() -> int:
-        # A connection (so a transaction, so a snapshot) per poll.
         async with counter.connect() as conn:
             return int((await conn.execute(text(JOBSD_FINISHED))).scalar_one())
 
     try:
-        await jobsd_measure(engine, count, settings.jobs, settings, out, awaited=True)
-        async with counter.connect() as conn:
-            out.info["server"] = str((await conn.execute(text(version_query(url)))).scalar_one())
+        yield counter, count
     finally:
         await counter.dispose()
+
+
+async def jobsd_other_backend(url: str, settings: Settings, out: Outcome) -> None:
+    from sqlalchemy import text
+
+    engine = jobsd_engine(url)
+    try:
+        async with jobsd_finished_counter(url) as (counter, count):
+            await jobsd_measure(engine, count, settings.jobs, settings, out, awaited=True)
+            async with counter.connect() as conn:
+                out.info["server"] = str((await conn.execute(text(version_query(url)))).scalar_one())
+    finally:
         await engine.dispose()
 
 

@@ -72,6 +72,7 @@ from peers import (
     JOBSD_FINISHED,
     jobsd_engine,
     jobsd_enqueue,
+    jobsd_finished_counter,
     jobsd_instance,
     scratch_database,
     scratch_mariadb,
@@ -199,19 +200,11 @@ async def scratch(
                 await engine.dispose()
                 await poll.close()
         return
-    from sqlalchemy import text
-
-    async with scratch_mariadb(admin) as url:
-        engine, counter = jobsd_engine(url), jobsd_engine(url)
-
-        async def count() -> int:
-            async with counter.connect() as conn:  # a transaction, so a snapshot, per poll
-                return int((await conn.execute(text(JOBSD_FINISHED))).scalar_one())
-
+    async with scratch_mariadb(admin) as url, jobsd_finished_counter(url) as (_, count):
+        engine = jobsd_engine(url)
         try:
             yield engine, count
         finally:
-            await counter.dispose()
             await engine.dispose()
 
 

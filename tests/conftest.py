@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobsd_async import JobsD
+from jobsd_async._store._dialect import Dialect
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -212,15 +213,16 @@ async def insert_row(jd: JobsD, *, job: str, **values: Any) -> int:
 async def insert_as_an_outsider(engine: AsyncEngine, statement: Insert) -> int:
     """Run ``statement`` in a transaction of its own and return the new row's id; again after
     a deadlock or a lock wait timeout, as any careful writer does (on InnoDB a plain insert
-    can deadlock with a running instance's writes over gap locks)."""
+    can deadlock with a running instance's writes over gap locks): what jobsd's own
+    transactions take for a passing lock conflict."""
+    dialect = Dialect(engine)
     for attempt in range(10):
         try:
             async with engine.begin() as conn:
                 result = await conn.execute(statement)
                 return int(result.inserted_primary_key[0])  # type: ignore[index]
         except DBAPIError as exc:
-            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-            if engine.dialect.name not in ("mysql", "mariadb") or code not in (1205, 1213) or attempt == 9:
+            if not dialect.is_transient(exc) or attempt == 9:
                 raise
         await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
     raise AssertionError("unreachable")
