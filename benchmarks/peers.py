@@ -20,7 +20,8 @@ Every child runs on the stdlib asyncio event loop (PgQueuer's ``pgq`` CLI would 
 nobody gets it here).
 
 Databases: ``--dsn`` (default ``postgresql://postgres@127.0.0.1:5432/test``) and
-``--mariadb-dsn`` (default ``mysql://root@127.0.0.1:3306/test``) are admin connections only.
+``--mariadb-dsn`` (default ``mysql://root@127.0.0.1:3306/test``) are admin connections only;
+jobsd reaches MariaDB through the driver the latter names (``mysql+asyncmy://``), else aiomysql.
 Each child works in databases of its own, ``peers_<random>``, created for the round (on
 PostgreSQL followed by a ``CHECKPOINT``, so that no library pays for the previous one's dirty
 buffers) and dropped after it even when the round fails; SQLite uses a temporary file.
@@ -266,7 +267,9 @@ async def scratch_mariadb(admin_dsn: str) -> AsyncIterator[str]:
 
     await admin(f"CREATE DATABASE `{name}`")
     try:
-        yield with_scheme(with_database(admin_dsn, name), "mysql+aiomysql")
+        # The admin DSN's driver, if it names one (mysql+asyncmy://...), carries jobsd's statements.
+        scheme = parts.scheme if "+" in parts.scheme else "mysql+aiomysql"
+        yield with_scheme(with_database(admin_dsn, name), scheme)
     finally:
         await admin(f"DROP DATABASE IF EXISTS `{name}`")
 
@@ -399,7 +402,7 @@ def jobsd_info() -> dict[str, str]:
     import jobsd_async
 
     info = {"jobsd_async_file": str(Path(jobsd_async.__file__).resolve())}
-    info.update(package_versions("sqlalchemy", "asyncpg", "aiomysql", "aiosqlite", "msgspec"))
+    info.update(package_versions("sqlalchemy", "asyncpg", "aiomysql", "asyncmy", "aiosqlite", "msgspec"))
     return info
 
 
@@ -465,6 +468,7 @@ async def jobsd_other_backend(url: str, settings: Settings, out: Outcome) -> Non
             await jobsd_measure(engine, count, settings.jobs, settings, out, awaited=True)
             async with counter.connect() as conn:
                 out.info["server"] = str((await conn.execute(text(version_query(url)))).scalar_one())
+            out.info["driver"] = engine.dialect.driver
     finally:
         await engine.dispose()
 
@@ -915,7 +919,11 @@ def main() -> None:
         "'' for none",
     )
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test", help="admin DSN")
-    parser.add_argument("--mariadb-dsn", default="mysql://root@127.0.0.1:3306/test", help="admin DSN")
+    parser.add_argument(
+        "--mariadb-dsn",
+        default="mysql://root@127.0.0.1:3306/test",
+        help="admin DSN; the driver it names (mysql+asyncmy://...) is jobsd's, aiomysql if none",
+    )
     parser.add_argument("--jobs", type=int, default=20000, help="burn-down jobs (jobsd, PgQueuer)")
     parser.add_argument("--procrastinate-jobs", type=int, default=2000, help="burn-down jobs (Procrastinate)")
     parser.add_argument("--single", type=int, default=500, help="one-at-a-time runs per round (0 skips)")
@@ -1043,7 +1051,7 @@ def describe(series: dict[str, Series], settings: Settings) -> list[str]:
     if jd := info("jobsd") or info("jobsd-mariadb") or info("jobsd-sqlite") or info("jobsd-postgresql"):
         lines.append(
             f"  jobsd_async from {Path(jd['jobsd_async_file']).parent} "
-            f"({versions(jd, 'sqlalchemy', 'asyncpg', 'aiomysql', 'aiosqlite')}): one instance, "
+            f"({versions(jd, 'sqlalchemy', 'asyncpg', 'aiomysql', 'asyncmy', 'aiosqlite')}): one instance, "
             f"workers={settings.jobsd_workers}, defaults otherwise; completion by wait_for_run"
         )
     if pgq := info("pgqueuer"):
@@ -1063,7 +1071,11 @@ def describe(series: dict[str, Series], settings: Settings) -> list[str]:
         for found in (info("jobsd"), info("pgqueuer"), info("procrastinate"), info("jobsd-postgresql"))
         if "postgresql" in found
     ][:1]
-    servers += [f"{found['server']}" for found in (info("jobsd-mariadb"),) if "server" in found]
+    servers += [
+        f"{found['server']} through {found.get('driver', '?')}"
+        for found in (info("jobsd-mariadb"),)
+        if "server" in found
+    ]
     servers += [f"SQLite {found['server']}" for found in (info("jobsd-sqlite"),) if "server" in found]
     if servers:
         lines.append(f"  servers: {'; '.join(servers)}")

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from peers import (
     BURN_POLL,
@@ -342,7 +343,11 @@ async def main() -> None:
     )
     parser.add_argument("--backend", choices=tuple(SERVER_PROCESSES), default="postgresql")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test", help="admin DSN")
-    parser.add_argument("--mariadb-dsn", default="mysql://root@127.0.0.1:3306/test", help="admin DSN")
+    parser.add_argument(
+        "--mariadb-dsn",
+        default="mysql://root@127.0.0.1:3306/test",
+        help="admin DSN; the driver it names (mysql+asyncmy://...) is jobsd's, aiomysql if none",
+    )
     parser.add_argument("--runs", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3, help="unprofiled rounds (0: profile only)")
     parser.add_argument("--workers", type=int, default=100)
@@ -372,7 +377,12 @@ async def main() -> None:
     say(f"jobsd_async from {Path(jobsd_async.__file__).parent} at {git('rev-parse', 'HEAD')}{dirty}")
     frozen = ", heap frozen as by jobsd worker" if args.freeze else ""
     server_name = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}[args.backend]
-    say(f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, {server_name}{frozen}")
+    scheme = urlsplit(admin).scheme
+    driver = scheme.partition("+")[2] or ("asyncpg" if args.backend == "postgresql" else "aiomysql")
+    say(
+        f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, "
+        f"{server_name} through {driver}{frozen}"
+    )
     rounds: list[Round] = []
     for index in range(args.rounds):
         r = await burn(args.backend, admin, args.runs, args.workers, args.timeout, None, freeze=args.freeze)

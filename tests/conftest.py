@@ -1,9 +1,12 @@
 """Test fixtures: every test runs on SQLite, PostgreSQL and MariaDB.
 
 Server URLs come from ``JOBSD_TEST_POSTGRES_URL`` and ``JOBSD_TEST_MYSQL_URL`` (defaults: the
-local servers).  ``JOBSD_TEST_BACKENDS`` (comma-separated: sqlite,postgresql,mariadb) narrows
-the set.  A server that cannot be reached skips its tests, except under ``CI=true``, where it
-fails them.  Each test gets its own table prefix and drops its tables afterwards.
+local servers).  ``JOBSD_TEST_BACKENDS`` (comma-separated: sqlite,postgresql,mariadb,
+mariadb-asyncmy) narrows the set.  ``mariadb-asyncmy`` is the MariaDB server through the
+asyncmy driver instead of aiomysql; it runs the modules in ``DRIVER_MODULES`` only, the ones
+where a driver's errors, types and connection handling show.  A server that cannot be
+reached skips its tests, except under ``CI=true``, where it fails them.  Each test gets its
+own table prefix and drops its tables afterwards.
 """
 
 from __future__ import annotations
@@ -31,11 +34,57 @@ SERVER_URLS = {
     ),
     "mariadb": os.environ.get("JOBSD_TEST_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"),
 }
-ALL_BACKENDS = ("sqlite", "postgresql", "mariadb")
+SERVER_URLS["mariadb-asyncmy"] = "mysql+asyncmy:" + SERVER_URLS["mariadb"].partition(":")[2]
+ALL_BACKENDS = ("sqlite", "postgresql", "mariadb", "mariadb-asyncmy")
 BACKENDS = tuple(
     b.strip() for b in os.environ.get("JOBSD_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",") if b.strip()
 )
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# The modules whose tests also run through asyncmy: everything a driver decides (error
+# classes and codes, lost connections, value types, transactions, wake-ups).  The rest
+# exercises jobsd's own logic, the same whichever driver carries the statements.
+DRIVER_MODULES = frozenset(
+    {
+        "test_bad_rows",
+        "test_cancel",
+        "test_connection_loss",
+        "test_create_runs",
+        "test_db_faults",
+        "test_direct_start",
+        "test_go_runs",
+        "test_hostile_outcomes",
+        "test_isolation",
+        "test_limits",
+        "test_resurrection",
+        "test_routing",
+        "test_smoke",
+        "test_transactional_enqueue",
+        "test_validation",
+        "test_waiting",
+    }
+)
+
+
+def server(backend: str) -> str:
+    """The database server a backend names: ``mariadb`` whichever driver reaches it."""
+    return "mariadb" if backend.startswith("mariadb") else backend
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the ``mariadb-asyncmy`` backend in the driver modules only."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        module = getattr(item, "module", None)
+        on_asyncmy = callspec is not None and callspec.params.get("backend") == "mariadb-asyncmy"
+        in_scope = module is not None and module.__name__.rpartition(".")[2] in DRIVER_MODULES
+        (dropped if on_asyncmy and not in_scope else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 
 # Fast settings for tests; each test may override them.
 FAST: dict[str, Any] = {

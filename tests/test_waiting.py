@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from conftest import MakeJobsD, jd_prefix
+from conftest import MakeJobsD, jd_prefix, server
 from sqlalchemy import update
 
 import jobsd_async._runs_api as runs_api
@@ -163,7 +163,7 @@ async def test_a_run_started_here_is_awaited_without_reading_it(
         for value in range(20):
             state = await jd.wait_for_run(await job.create_run(value).run(), timeout=30)
             assert state.result == 2 * value and state.status.finished
-    if backend in ("postgresql", "mariadb"):  # direct start: running here once run() returns
+    if server(backend) in ("postgresql", "mariadb"):  # direct start: running here once run() returns
         assert unfinished_reads == 0
     # (SQLite: the dispatcher claims it, maybe after the wait began, which then reads it.)
 
