@@ -19,7 +19,12 @@ async def test_rolling_restart_under_load_loses_and_doubles_nothing(make_jobsd: 
     executed: Counter[int] = Counter()
 
     def member() -> JobsD:
-        jd = make_jobsd(workers=3, poll_interval=0.05, shutdown_timeout=0.1, cancel_grace=0.1)
+        # Beats far enough apart that a loaded host cannot make a peer take a live member
+        # for dead (once in CI, a member went unseen for three of FAST's beats, 1.5 s, and
+        # its running jobs were re-run: the documented at-least-once, not a hand-over).
+        jd = make_jobsd(
+            workers=3, poll_interval=0.05, shutdown_timeout=0.1, cancel_grace=0.1, heartbeat_interval=2.0
+        )
 
         # No error retries: a run killed at shutdown must come back without consuming one.
         @jd.job(name="work", retries_error_limit=0)
