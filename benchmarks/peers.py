@@ -242,6 +242,13 @@ async def scratch_database(admin_dsn: str) -> AsyncIterator[str]:
             await admin.close()
 
 
+def mariadb_scheme(admin_dsn: str) -> str:
+    """The SQLAlchemy scheme jobsd uses on MariaDB: the admin DSN's, if it names a driver
+    (``mysql+asyncmy://...``), else aiomysql's."""
+    scheme = urlsplit(admin_dsn).scheme
+    return scheme if "+" in scheme else "mysql+aiomysql"
+
+
 @contextlib.asynccontextmanager
 async def scratch_mariadb(admin_dsn: str) -> AsyncIterator[str]:
     """Create ``peers_<random>`` on MariaDB, yield its SQLAlchemy URL, drop it afterwards."""
@@ -267,9 +274,7 @@ async def scratch_mariadb(admin_dsn: str) -> AsyncIterator[str]:
 
     await admin(f"CREATE DATABASE `{name}`")
     try:
-        # The admin DSN's driver, if it names one (mysql+asyncmy://...), carries jobsd's statements.
-        scheme = parts.scheme if "+" in parts.scheme else "mysql+aiomysql"
-        yield with_scheme(with_database(admin_dsn, name), scheme)
+        yield with_scheme(with_database(admin_dsn, name), mariadb_scheme(admin_dsn))
     finally:
         await admin(f"DROP DATABASE IF EXISTS `{name}`")
 

@@ -66,7 +66,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from peers import (
     BURN_POLL,
@@ -75,6 +74,7 @@ from peers import (
     jobsd_enqueue,
     jobsd_finished_counter,
     jobsd_instance,
+    mariadb_scheme,
     scratch_database,
     scratch_mariadb,
     with_scheme,
@@ -377,8 +377,7 @@ async def main() -> None:
     say(f"jobsd_async from {Path(jobsd_async.__file__).parent} at {git('rev-parse', 'HEAD')}{dirty}")
     frozen = ", heap frozen as by jobsd worker" if args.freeze else ""
     server_name = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}[args.backend]
-    scheme = urlsplit(admin).scheme
-    driver = scheme.partition("+")[2] or ("asyncpg" if args.backend == "postgresql" else "aiomysql")
+    driver = "asyncpg" if args.backend == "postgresql" else mariadb_scheme(admin).partition("+")[2]
     say(
         f"burn-down of {args.runs} no-op runs, one instance, workers={args.workers}, "
         f"{server_name} through {driver}{frozen}"
